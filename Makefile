@@ -1,0 +1,25 @@
+# The README's commands. `make test` and `make demo` do their own set-up on a fresh machine.
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: deps build test demo bench-cpu clean
+
+deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==$(TORCH_VERSION)
+	@$(PYTHON) -c "import numpy, pytest, matplotlib" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest matplotlib
+
+# Builds rnnfused._C in place; the lock keeps concurrent builds in one tree from clobbering each other.
+build: deps
+	flock /tmp/rnnfused-build.lock $(PYTHON) setup.py -q build_ext --inplace
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+demo: build
+	$(PYTHON) examples/word_language_model/main.py --preset cpu-demo
+
+bench-cpu: build
+	$(PYTHON) benchmarks/run.py --device cpu
+
+clean:
+	rm -rf build rnnfused/_C*.so *.egg-info
