@@ -1,0 +1,109 @@
+// The LSTM cell's pointwise arithmetic, forward and backward, for one unit (SPEC §2).
+//
+// Shared by the CPU loop and the CUDA kernels: neither re-derives any of this. Everything is
+// computed in acc_t (float for float/half/bfloat16 storage, double for double). Masks arrive as
+// plain numbers so that training (a 0/1 mask, scaled) and evaluation (identity dropout, zoneout
+// at its expectation) run through the same formulas:
+//   cand_scale  ĝ = g * cand_scale      training: mask / (1 - p_cand); otherwise 1
+//   zc, zh      c = zc c_prev + (1 - zc) c̃  training: the 0/1 zoneout mask; eval: the rate
+// Gate order and layout follow torch.nn.LSTM: pre-activations [a_i | a_f | a_g | a_o].
+#pragma once
+
+#include <cmath>
+
+#include "philox.h"
+
+namespace rnnfused {
+
+RNNFUSED_HD float act_exp(float x) { return ::expf(x); }
+RNNFUSED_HD double act_exp(double x) { return ::exp(x); }
+RNNFUSED_HD float act_tanh(float x) { return ::tanhf(x); }
+RNNFUSED_HD double act_tanh(double x) { return ::tanh(x); }
+
+template <typename acc_t>
+RNNFUSED_HD acc_t sigmoid(acc_t x) {
+  return acc_t(1) / (acc_t(1) + act_exp(-x));
+}
+
+// Post-activation gates: i, f, o = σ(a), g = tanh(a_g) (before candidate dropout).
+template <typename acc_t>
+struct Gates {
+  acc_t i, f, g, o;
+};
+
+template <typename acc_t>
+RNNFUSED_HD Gates<acc_t> activate_gates(acc_t a_i, acc_t a_f, acc_t a_g, acc_t a_o) {
+  return Gates<acc_t>{sigmoid(a_i), sigmoid(a_f), act_tanh(a_g), sigmoid(a_o)};
+}
+
+// Zoneout mixes the previous value back in: z = 1 keeps prev, z = 0 takes the fresh value.
+template <typename acc_t>
+RNNFUSED_HD acc_t zoneout_mix(acc_t prev, acc_t fresh, acc_t z) {
+  return z * prev + (acc_t(1) - z) * fresh;
+}
+
+// One unit's forward step. c̃ = f c_prev + i ĝ; h̃ = o tanh(c̃) (pre-projection, before zoneout,
+// which is applied by the caller to the state that the layer keeps).
+template <typename acc_t>
+struct CellForward {
+  acc_t c_tilde;  // new cell before zoneout
+  acc_t h_tilde;  // o * tanh(c̃), before projection and zoneout
+};
+
+template <typename acc_t>
+RNNFUSED_HD CellForward<acc_t> cell_forward(const Gates<acc_t>& gate, acc_t c_prev,
+                                            acc_t cand_scale) {
+  const acc_t c_tilde = gate.f * c_prev + gate.i * (gate.g * cand_scale);
+  return CellForward<acc_t>{c_tilde, gate.o * act_tanh(c_tilde)};
+}
+
+// Gradients with respect to the pre-activations [a_i, a_f, a_g, a_o].
+template <typename acc_t>
+struct GateGrads {
+  acc_t a_i, a_f, a_g, a_o;
+};
+
+// One unit's backward step.
+//   dh_tilde: dL/dh̃ (pre-projection hidden value o ⊙ tanh(c̃))
+//   dc:       in: dL/dc_t (the zoned-out cell the layer keeps); out: dL/dc_{t-1}
+template <typename acc_t>
+RNNFUSED_HD GateGrads<acc_t> cell_backward(const Gates<acc_t>& gate, acc_t c_prev, acc_t c_tilde,
+                                           acc_t cand_scale, acc_t zc, acc_t dh_tilde,
+                                           acc_t& dc) {
+  const acc_t tc = act_tanh(c_tilde);
+  const acc_t d_o = dh_tilde * tc;
+  const acc_t dc_tilde = dh_tilde * gate.o * (acc_t(1) - tc * tc) + (acc_t(1) - zc) * dc;
+  const acc_t d_i = dc_tilde * gate.g * cand_scale;
+  const acc_t d_f = dc_tilde * c_prev;
+  const acc_t d_g = dc_tilde * gate.i * cand_scale;
+  dc = zc * dc + gate.f * dc_tilde;
+  return GateGrads<acc_t>{d_i * gate.i * (acc_t(1) - gate.i), d_f * gate.f * (acc_t(1) - gate.f),
+                          d_g * (acc_t(1) - gate.g * gate.g), d_o * gate.o * (acc_t(1) - gate.o)};
+}
+
+// Backward through h_t = zh h_{t-1} + (1 - zh) h̃_t: splits dL/dh_t into the part that reaches
+// h̃_t and the part that skips the step.
+template <typename acc_t>
+struct ZoneoutGrads {
+  acc_t fresh;  // dL/dh̃_t
+  acc_t prev;   // the share of dL/dh_{t-1} that comes through the zoned-out units
+};
+
+template <typename acc_t>
+RNNFUSED_HD ZoneoutGrads<acc_t> zoneout_backward(acc_t dh, acc_t z) {
+  return ZoneoutGrads<acc_t>{(acc_t(1) - z) * dh, z * dh};
+}
+
+// The per-step mask values of one unit, as the formulas above take them.
+// kind_threshold: rate_threshold(p) of that kind; word: the unit's Philox word.
+template <typename acc_t>
+RNNFUSED_HD acc_t dropout_scale(uint32_t word, uint32_t threshold, acc_t inv_keep) {
+  return dropout_keep(word, threshold) ? inv_keep : acc_t(0);
+}
+
+template <typename acc_t>
+RNNFUSED_HD acc_t zoneout_value(uint32_t word, uint32_t threshold) {
+  return zoneout_keep_previous(word, threshold) ? acc_t(1) : acc_t(0);
+}
+
+}  // namespace rnnfused

@@ -1,0 +1,49 @@
+// The op schemas (TORCH_LIBRARY) and the Python module rnnfused._C (SPEC §5).
+//
+// The CPU and CUDA files register their kernels for these schemas under the same names;
+// rnnfused/_ops.py adds the fake (meta) implementations and the autograd formula, so
+// torch.compile traces models that use the ops without a graph break.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "lstm_layer.h"
+
+TORCH_LIBRARY(rnnfused, m) {
+  m.def(
+      "lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? lengths, Tensor seed, "
+      "int layer, bool reverse, bool training, float[] rates, bool need_workspace) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor hs, Tensor cs, Tensor ctil)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, Tensor? lengths, Tensor seed, "
+      "int layer, bool reverse, bool training, float[] rates, Tensor gates, Tensor hs, Tensor cs, "
+      "Tensor ctil, bool has_bias) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, "
+      "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, Tensor grad_weight_hr)");
+}
+
+namespace {
+
+std::vector<at::Tensor> lstm_masks_py(int64_t seed, int64_t T, int64_t B, int64_t I, int64_t H,
+                                      int64_t R, int64_t layer, bool reverse,
+                                      std::vector<double> rates, at::ScalarType dtype) {
+  return rnnfused::lstm_masks(seed, T, B, I, H, R, layer, reverse, rates, dtype);
+}
+
+bool has_cuda_kernels() {
+#ifdef RNNFUSED_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnfused's compiled kernels; the ops live under torch.ops.rnnfused";
+  m.def("lstm_masks", &lstm_masks_py,
+        "Masks of one layer call as {0,1} tensors: input, recurrent, weight, candidate, "
+        "zoneout_c, zoneout_h");
+  m.def("has_cuda_kernels", &has_cuda_kernels, "Whether this build contains the CUDA kernels");
+}

@@ -1,0 +1,17 @@
+"""rnnfused: fused LSTM kernels with the regularizers recurrent networks need applied inside the
+recurrence (zoneout, variational dropout, candidate dropout, weight drop), as a drop-in
+replacement for torch.nn.LSTM.
+
+    rnnfused.LSTM            the module (nn.LSTM's API plus the regularization rates)
+    rnnfused.functional      one fused layer (lstm_layer), its masks (lstm_masks), draw_seed
+    rnnfused.reference       the pure-PyTorch oracle of the same math
+"""
+from . import _ops, functional, reference
+from ._ops import has_cuda_kernels
+from .functional import draw_seed, lstm_layer, lstm_masks
+from .modules import LSTM
+
+__version__ = "0.1.0"
+
+__all__ = ["LSTM", "functional", "reference", "lstm_layer", "lstm_masks", "draw_seed",
+           "has_cuda_kernels", "__version__"]

@@ -1,0 +1,146 @@
+"""The functional form: one fused LSTM layer, one direction, explicit weights (SPEC §4).
+
+`lstm_layer` is the rung of the ladder that the module stacks (cell -> layer -> direction ->
+stack); `lstm_masks` materializes the masks a call draws, so that `rnnfused.reference` can replay
+it bit for bit; `draw_seed` is how a call in training mode gets its seed from torch's RNG.
+"""
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+
+__all__ = ["lstm_layer", "lstm_masks", "draw_seed", "RATE_NAMES"]
+
+# The order of the rates in the ops' `rates` argument (and of the mask kinds in csrc/philox.h).
+RATE_NAMES = ("input_dropout", "recurrent_dropout", "weight_drop", "candidate_dropout",
+              "zoneout_c", "zoneout_h")
+_SEED_HIGH = 2**63 - 1
+
+
+def check_rate(name: str, value) -> float:
+    """A rate as a float in [0, 1), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"rnnfused: {name} must be a float in [0, 1), got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # also rejects NaN
+        raise ValueError(f"rnnfused: {name} must lie in [0, 1), got {value}")
+    return value
+
+
+def _seed_tensor(generator: Optional[torch.Generator]) -> Tensor:
+    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, generator=generator)
+
+
+def draw_seed(generator: Optional[torch.Generator] = None) -> int:
+    """Draws a call's 64-bit seed from torch's default CPU generator (or `generator`), exactly as
+    `lstm_layer(seed=None)` and `rnnfused.LSTM.forward` do in training mode."""
+    return int(_seed_tensor(generator))
+
+
+def _as_seed(seed, needs_seed: bool, generator) -> Tensor:
+    if seed is None:
+        return _seed_tensor(generator) if needs_seed else torch.zeros((), dtype=torch.int64)
+    if isinstance(seed, Tensor):
+        if seed.numel() != 1 or seed.dtype != torch.int64:
+            raise ValueError("rnnfused: seed must be an int or a one-element int64 tensor")
+        return seed.reshape(()).cpu()
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"rnnfused: seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"rnnfused: seed must lie in [0, 2**63), got {seed}")
+    return torch.tensor(seed, dtype=torch.int64)
+
+
+def _as_lengths(lengths, batch: int, seq_len: int) -> Optional[Tensor]:
+    if lengths is None:
+        return None
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"rnnfused: lengths must hold integers, got {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.numel() != batch:
+        raise ValueError(f"rnnfused: lengths must be 1-D with one entry per sample ({batch}), "
+                         f"got shape {tuple(lengths.shape)}")
+    return lengths.to(device="cpu", dtype=torch.int64)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    # The CPU kernels compute in float32/float64; the CUDA ones take autocast's dtype.
+    return torch.get_autocast_dtype(device_type) if device_type == "cuda" else torch.float32
+
+
+def _requires_grad(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+               bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
+               weight_hr: Optional[Tensor] = None, *, seed: Union[int, Tensor, None] = None,
+               training: bool = True, layer: int = 0, reverse: bool = False,
+               lengths: Union[Tensor, Sequence[int], None] = None, input_dropout: float = 0.0,
+               recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
+               candidate_dropout: float = 0.0, zoneout_c: float = 0.0, zoneout_h: float = 0.0,
+               generator: Optional[torch.Generator] = None):
+    """One LSTM layer over a whole sequence, with the regularizers of SPEC §2 applied inside the
+    recurrence. Returns (output (T, B, R), h_n (B, R), c_n (B, H)).
+
+    input: (T, B, I) time-major. h0: (B, R), c0: (B, H), R = proj_size if weight_hr (P, H) is
+    given else H. Weights in torch.nn.LSTM's layout and gate order. With `seed=None` in training
+    mode (and a rate > 0) a seed is drawn from torch's RNG (or `generator`); masks are a pure
+    function of (seed, layer, reverse, kind, t, b, j), see `lstm_masks`. `reverse=True` runs the
+    sequence backwards (t = T-1 .. 0; masks still indexed by input position t). `lengths` (B,)
+    runs sample b over its first lengths[b] positions only: the output is 0 past them and h_n/c_n
+    are the state after the sample's own last step. In evaluation (`training=False`) dropout and
+    weight drop are the identity and zoneout takes its expectation.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"rnnfused: input must be a Tensor, got {type(input).__name__}")
+    rates = [check_rate(n, v) for n, v in zip(RATE_NAMES, (
+        input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_c, zoneout_h))]
+    if input.dim() != 3:
+        raise ValueError(f"rnnfused: input must be 3-D (seq_len, batch, input_size), got "
+                         f"{input.dim()}-D of shape {tuple(input.shape)}")
+    needs_seed = bool(training) and any(r > 0 for r in rates)
+    seed_t = _as_seed(seed, needs_seed, generator)
+    lengths_t = _as_lengths(lengths, input.shape[1], input.shape[0])
+    cast = _autocast_dtype(input.device.type)
+    if cast is not None:
+        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
+            t.to(cast) if t is not None and t.is_floating_point() else t
+            for t in (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
+    tensors = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    need_workspace = _requires_grad(tensors)
+    output, h_n, c_n = _ops.lstm_forward(
+        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths_t, seed_t,
+        int(layer), bool(reverse), bool(training), rates, need_workspace)[:3]
+    return output, h_n, c_n
+
+
+def lstm_masks(seed: int, seq_len: int, batch: int, input_size: int, hidden_size: int, *,
+               proj_size: int = 0, layer: int = 0, reverse: bool = False,
+               input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+               weight_drop: float = 0.0, candidate_dropout: float = 0.0, zoneout_c: float = 0.0,
+               zoneout_h: float = 0.0, dtype: torch.dtype = torch.float32,
+               device: Union[str, torch.device] = "cpu") -> Dict[str, Tensor]:
+    """The masks that `lstm_layer(seed=seed, layer=layer, reverse=reverse, ...)` draws in
+    training mode, materialized by the same generator (csrc/philox.h) as {0, 1} tensors:
+
+      input (B, I), recurrent (B, R), weight (4H, R): keep-masks (1 = kept, not scaled)
+      candidate (T, B, H): keep-mask of the cell candidate, a new one each step
+      zoneout_c (T, B, H), zoneout_h (T, B, R): 1 where the previous value is kept
+
+    A rate of 0 gives the trivial mask. This is for tests and for replaying a call with
+    `rnnfused.reference`; the kernels never materialize (T, B, H) masks.
+    """
+    rates = [check_rate(n, v) for n, v in zip(RATE_NAMES, (
+        input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_c, zoneout_h))]
+    seed = int(_as_seed(seed, False, None))
+    recurrent = proj_size if proj_size > 0 else hidden_size
+    masks = _ops._C.lstm_masks(seed, seq_len, batch, input_size, hidden_size, recurrent,
+                               int(layer), bool(reverse), rates, dtype)
+    names = ("input", "recurrent", "weight", "candidate", "zoneout_c", "zoneout_h")
+    return {name: mask.to(device) for name, mask in zip(names, masks)}

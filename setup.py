@@ -1,0 +1,63 @@
+"""Builds rnnfused._C: the CPU sources always, the CUDA sources when torch is a CUDA build and a
+CUDA toolkit is found (CUDA_HOME). Install with `pip install --no-build-isolation .` against an
+installed torch (build isolation would pull a multi-GB CUDA torch into the build environment)."""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+
+def extension():
+    import torch
+    from torch.utils import cpp_extension
+
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/*.cu"))
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not cuda_home and os.path.isdir("/usr/local/cuda"):
+        cuda_home = "/usr/local/cuda"
+    use_cuda = (
+        torch.version.cuda is not None
+        and cuda_sources
+        and cuda_home is not None
+        and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+        and os.environ.get("RNNFUSED_NO_CUDA") != "1"
+    )
+    if use_cuda:
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+        return cpp_extension.CUDAExtension(
+            "rnnfused._C",
+            sources + cuda_sources,
+            define_macros=[("RNNFUSED_WITH_CUDA", None)],
+            extra_compile_args={
+                "cxx": cxx,
+                "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"],
+            },
+            extra_link_args=["-fopenmp"],
+        )
+    return cpp_extension.CppExtension(
+        "rnnfused._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"]
+    )
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=False)
+
+
+setup(
+    name="rnnfused",
+    version="0.1.0",
+    description="Fused regularized LSTM kernels (zoneout, variational dropout, weight drop) for PyTorch",
+    packages=find_packages(include=["rnnfused", "rnnfused.*"]),
+    package_data={"rnnfused": ["data/**/*"]},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": build_ext_class()},
+    python_requires=">=3.9",
+)
