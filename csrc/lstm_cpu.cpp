@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "cell_math.h"
@@ -21,8 +22,12 @@ namespace rnnfused {
 
 namespace {
 
-// Units per parallel chunk: big enough that a chunk outweighs the cost of a parallel region.
-constexpr int64_t kGrainQuads = 64;
+// The pointwise passes work on chunks of kChunk consecutive units of one sample: the chunk's
+// masks are drawn into small arrays first, then one branch-free loop applies the cell, which the
+// compiler vectorizes. A parallel task is one (sample, chunk) pair.
+constexpr int64_t kChunk = 64;  // a multiple of 4: chunks start on a Philox quad
+// Tasks per thread at least: below this a parallel region costs more than it saves.
+constexpr int64_t kGrainTasks = 8;
 
 template <typename scalar_t>
 scalar_t* ptr_or_null(const Tensor& t) {
@@ -38,46 +43,43 @@ struct Buffers {
   scalar_t* c_next;  // (B, H)
 };
 
-// The per-step masks of one quad of units (four consecutive j of one row b at step t).
-template <typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
-struct StepMasks {
-  acc_t cand[4] = {1, 1, 1, 1};
-  acc_t zc[4] = {0, 0, 0, 0};
-  acc_t zh[4] = {0, 0, 0, 0};
-
-  // The identity masks of a padded position (nothing is computed there).
-  StepMasks() = default;
-  static StepMasks inactive() { return StepMasks(); }
-
-  StepMasks(const LayerPlan& plan, int64_t t, int64_t b, int64_t q, bool draw_zh) {
-    if constexpr (kCand) {
-      const Philox4x32 w = plan.stream(kMaskCandidate).quad(t, b, q);
-      const uint32_t thr = plan.threshold(kMaskCandidate);
-      const acc_t inv_keep = static_cast<acc_t>(plan.inv_keep(kMaskCandidate));
-      for (int k = 0; k < 4; ++k) cand[k] = dropout_scale<acc_t>(w.v[k], thr, inv_keep);
+// Runs body(b, j0, n) over every chunk [j0, j0 + n) of every sample of a (B, width) pass.
+template <typename F>
+void for_each_chunk(int64_t B, int64_t width, F&& body) {
+  const int64_t chunks = (width + kChunk - 1) / kChunk;
+  at::parallel_for(0, B * chunks, kGrainTasks, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, j0 = (task % chunks) * kChunk;
+      body(b, j0, std::min(kChunk, width - j0));
     }
-    if constexpr (kZoneC) zoneout(plan, t, b, q, kMaskZoneoutC, zc);
-    if constexpr (kZoneH) {
-      if (draw_zh) zoneout(plan, t, b, q, kMaskZoneoutH, zh);
+  });
+}
+
+// The per-step mask values of units [j0, j0 + n) of sample b at step t, as cell_math.h takes
+// them: candidate dropout scales, zoneout values (0/1 in training, the rate in evaluation).
+template <typename acc_t>
+void draw_step_masks(const LayerPlan& plan, MaskKind kind, int64_t t, int64_t b, int64_t j0,
+                     int64_t n, acc_t* out) {
+  const bool is_zoneout = kind == kMaskZoneoutC || kind == kMaskZoneoutH;
+  if (is_zoneout && !plan.training) {
+    for (int64_t k = 0; k < n; ++k) out[k] = static_cast<acc_t>(plan.rate[kind]);
+    return;
+  }
+  const MaskStream stream = plan.stream(kind);
+  const uint32_t threshold = plan.threshold(kind);
+  const acc_t inv_keep = static_cast<acc_t>(plan.inv_keep(kind));
+  for (int64_t q = 0; q * 4 < n; ++q) {
+    const Philox4x32 w = stream.quad(t, b, j0 / 4 + q);
+    for (int64_t k = 0; k < 4 && q * 4 + k < n; ++k) {
+      out[q * 4 + k] = is_zoneout ? zoneout_value<acc_t>(w.v[k], threshold)
+                                  : dropout_scale<acc_t>(w.v[k], threshold, inv_keep);
     }
   }
-
-  static void zoneout(const LayerPlan& plan, int64_t t, int64_t b, int64_t q, MaskKind kind,
-                      acc_t* z) {
-    if (plan.training) {
-      const Philox4x32 w = plan.stream(kind).quad(t, b, q);
-      const uint32_t thr = plan.threshold(kind);
-      for (int k = 0; k < 4; ++k) z[k] = zoneout_value<acc_t>(w.v[k], thr);
-    } else {
-      for (int k = 0; k < 4; ++k) z[k] = static_cast<acc_t>(plan.rate[kind]);
-    }
-  }
-};
+}
 
 template <typename scalar_t, bool kCand, bool kZoneC, bool kZoneH>
 struct CpuLayer {
   using acc_t = scalar_t;
-  using Masks = StepMasks<acc_t, kCand, kZoneC, kZoneH>;
   const LayerPlan& plan;
   const int64_t* len;  // (B) or null
 
@@ -92,78 +94,103 @@ struct CpuLayer {
   void forward_cell(int64_t t, const scalar_t* pre, const Buffers<scalar_t>& buf,
                     scalar_t* gates, scalar_t* ctil, scalar_t* out, scalar_t* hhat_next,
                     const scalar_t* mh, scalar_t* htil) const {
-    const int64_t B = plan.B, H = plan.H, quads = (H + 3) / 4;
-    at::parallel_for(0, B * quads, kGrainQuads, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t b = n / quads, q = n % quads;
-        const bool on = active(t, b);
-        const Masks masks = on ? Masks(plan, t, b, q, !plan.has_proj) : Masks::inactive();
-        for (int64_t k = 0; k < 4; ++k) {
-          const int64_t j = q * 4 + k;
-          if (j >= H) break;
-          const int64_t bj = b * H + j;
-          const acc_t c_prev = buf.c_prev[bj];
-          if (!on) {
-            buf.c_next[bj] = c_prev;
-            if (gates) {
-              for (int g = 0; g < 4; ++g) gates[b * 4 * H + g * H + j] = 0;
-            }
-            if (ctil) ctil[bj] = c_prev;
-            if (htil) htil[bj] = 0;
-            if (!plan.has_proj) finish_state(b, j, on, 0, 0, buf, out, hhat_next, mh);
-            continue;
-          }
-          const scalar_t* a = pre + b * 4 * H;
-          const Gates<acc_t> gate = activate_gates<acc_t>(a[j], a[H + j], a[2 * H + j], a[3 * H + j]);
-          const CellForward<acc_t> cell = cell_forward<acc_t>(gate, c_prev, masks.cand[k]);
-          buf.c_next[bj] = kZoneC ? zoneout_mix(c_prev, cell.c_tilde, masks.zc[k]) : cell.c_tilde;
-          if (gates) {
-            scalar_t* g = gates + b * 4 * H;
-            g[j] = gate.i;
-            g[H + j] = gate.f;
-            g[2 * H + j] = gate.g;
-            g[3 * H + j] = gate.o;
-          }
-          if (ctil) ctil[bj] = cell.c_tilde;
-          if (plan.has_proj) {
-            htil[bj] = cell.h_tilde;
-          } else {
-            finish_state(b, j, on, cell.h_tilde, masks.zh[k], buf, out, hhat_next, mh);
-          }
+    const int64_t H = plan.H;
+    const bool proj = plan.has_proj;
+    for_each_chunk(plan.B, H, [&](int64_t b, int64_t j0, int64_t n) {
+      const int64_t row = b * H + j0;
+      const scalar_t* c_prev = buf.c_prev + row;
+      scalar_t* c_next = buf.c_next + row;
+      if (!active(t, b)) {  // padded position: the state passes through, the output is 0
+        std::copy(c_prev, c_prev + n, c_next);
+        if (gates) {
+          for (int g = 0; g < 4; ++g) std::fill_n(gates + b * 4 * H + g * H + j0, n, scalar_t(0));
         }
+        if (ctil) std::copy(c_prev, c_prev + n, ctil + row);
+        if (proj) {
+          std::fill_n(htil + row, n, scalar_t(0));
+        } else {
+          pass_state(row, n, buf, out, hhat_next, mh);
+        }
+        return;
+      }
+      acc_t cand[kChunk], zc[kChunk], zh[kChunk];
+      if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
+      if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
+      if constexpr (kZoneH) {
+        if (!proj) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+      }
+      const scalar_t* a = pre + b * 4 * H + j0;
+      acc_t gi[kChunk], gf[kChunk], gg[kChunk], go[kChunk], c_tilde[kChunk], h_tilde[kChunk];
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const Gates<acc_t> gate = activate_gates<acc_t>(a[k], a[H + k], a[2 * H + k], a[3 * H + k]);
+        const CellForward<acc_t> cell = cell_forward<acc_t>(gate, c_prev[k], kCand ? cand[k] : acc_t(1));
+        c_next[k] = kZoneC ? zoneout_mix<acc_t>(c_prev[k], cell.c_tilde, zc[k]) : cell.c_tilde;
+        gi[k] = gate.i;
+        gf[k] = gate.f;
+        gg[k] = gate.g;
+        go[k] = gate.o;
+        c_tilde[k] = cell.c_tilde;
+        h_tilde[k] = cell.h_tilde;
+      }
+      if (gates) {
+        scalar_t* g = gates + b * 4 * H + j0;
+        std::copy(gi, gi + n, g);
+        std::copy(gf, gf + n, g + H);
+        std::copy(gg, gg + n, g + 2 * H);
+        std::copy(go, go + n, g + 3 * H);
+      }
+      if (ctil) std::copy(c_tilde, c_tilde + n, ctil + row);
+      if (proj) {
+        std::copy(h_tilde, h_tilde + n, htil + row);
+      } else {
+        finish_state(row, n, h_tilde, zh, buf, out, hhat_next, mh);
       }
     });
   }
 
-  // h_t from h̃_t: zoneout, the output, and the recurrent-dropped copy the next GEMM reads.
-  void finish_state(int64_t b, int64_t r, bool on, acc_t h_fresh, acc_t zh,
+  // h_t from h̃_t for units [row, row + n) of the (B, R) state: zoneout, the output, and the
+  // recurrent-dropped copy the next GEMM reads.
+  void finish_state(int64_t row, int64_t n, const acc_t* h_fresh, const acc_t* zh,
                     const Buffers<scalar_t>& buf, scalar_t* out, scalar_t* hhat_next,
                     const scalar_t* mh) const {
-    const int64_t br = b * plan.R + r;
-    const acc_t h_prev = buf.h_prev[br];
-    const acc_t h = !on ? h_prev : (kZoneH ? zoneout_mix(h_prev, h_fresh, zh) : h_fresh);
-    buf.h_next[br] = h;
-    out[br] = on ? h : acc_t(0);
-    if (mh) hhat_next[br] = h * mh[br];
+    const scalar_t* h_prev = buf.h_prev + row;
+    scalar_t* h_next = buf.h_next + row;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t h = kZoneH ? zoneout_mix<acc_t>(h_prev[k], h_fresh[k], zh[k]) : h_fresh[k];
+      h_next[k] = h;
+      out[row + k] = h;
+    }
+    if (mh) {
+      for (int64_t k = 0; k < n; ++k) hhat_next[row + k] = h_next[k] * mh[row + k];
+    }
+  }
+
+  // A padded position of the state: it passes through, the output is 0.
+  void pass_state(int64_t row, int64_t n, const Buffers<scalar_t>& buf, scalar_t* out,
+                  scalar_t* hhat_next, const scalar_t* mh) const {
+    std::copy(buf.h_prev + row, buf.h_prev + row + n, buf.h_next + row);
+    std::fill_n(out + row, n, scalar_t(0));
+    if (mh) {
+      for (int64_t k = 0; k < n; ++k) hhat_next[row + k] = buf.h_prev[row + k] * mh[row + k];
+    }
   }
 
   // The state pass of step s over (B, P) after the projection GEMM left W_hr h̃ in hproj.
   void forward_projected_state(int64_t t, const scalar_t* hproj, const Buffers<scalar_t>& buf,
                                scalar_t* out, scalar_t* hhat_next, const scalar_t* mh) const {
-    const int64_t B = plan.B, R = plan.R, quads = (R + 3) / 4;
-    at::parallel_for(0, B * quads, kGrainQuads, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t b = n / quads, q = n % quads;
-        const bool on = active(t, b);
-        acc_t zh[4] = {0, 0, 0, 0};
-        if constexpr (kZoneH) {
-          if (on) Masks::zoneout(plan, t, b, q, kMaskZoneoutH, zh);
-        }
-        for (int64_t k = 0; k < 4 && q * 4 + k < R; ++k) {
-          const int64_t r = q * 4 + k;
-          finish_state(b, r, on, hproj[b * R + r], zh[k], buf, out, hhat_next, mh);
-        }
+    const int64_t R = plan.R;
+    for_each_chunk(plan.B, R, [&](int64_t b, int64_t j0, int64_t n) {
+      const int64_t row = b * R + j0;
+      if (!active(t, b)) {
+        pass_state(row, n, buf, out, hhat_next, mh);
+        return;
       }
+      acc_t fresh[kChunk], zh[kChunk];
+      std::copy(hproj + row, hproj + row + n, fresh);
+      if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+      finish_state(row, n, fresh, zh, buf, out, hhat_next, mh);
     });
   }
 
@@ -171,74 +198,96 @@ struct CpuLayer {
   // Backward
   // ---------------------------------------------------------------------------------------
 
-  // dL/dh_s for the state after step s (from later steps), then the split through zoneout on h.
+  // dL/dh for the state after step s of units [row, row + n), then its split through zoneout.
   //   zpart: in: the zoneout share carried from step s+1 (or grad_h_n); out: this step's share
-  //   dhhat: dL/dĥ_s from step s+1's GEMM (null at the last step)
-  //   fresh: out: dL/dh̃_s (the pre-zoneout state, projected or not)
-  void backward_state(int64_t t, int64_t b, int64_t r, bool on, acc_t zh, const scalar_t* dy,
+  //   dhhat: dL/dĥ from step s+1's GEMM (null at the last step)
+  //   fresh: out: dL/dh̃ (the pre-zoneout state, projected or not); 0 at padded positions
+  void backward_state(int64_t row, int64_t n, bool on, const acc_t* zh, const scalar_t* dy,
                       scalar_t* zpart, const scalar_t* dhhat, const scalar_t* mh,
-                      acc_t& fresh) const {
-    const int64_t br = b * plan.R + r;
-    acc_t dh = zpart[br];
-    if (dhhat) dh += mh ? dhhat[br] * mh[br] : dhhat[br];
-    if (!on) {
-      zpart[br] = dh;
-      fresh = 0;
+                      acc_t* fresh) const {
+    acc_t dh[kChunk];
+    for (int64_t k = 0; k < n; ++k) dh[k] = zpart[row + k];
+    if (dhhat) {
+      if (mh) {
+        for (int64_t k = 0; k < n; ++k) dh[k] += dhhat[row + k] * mh[row + k];
+      } else {
+        for (int64_t k = 0; k < n; ++k) dh[k] += dhhat[row + k];
+      }
+    }
+    if (!on) {  // padded: the state passed through unchanged, the output was a constant 0
+      for (int64_t k = 0; k < n; ++k) {
+        zpart[row + k] = dh[k];
+        fresh[k] = 0;
+      }
       return;
     }
-    dh += dy[br];
-    if constexpr (kZoneH) {
-      const ZoneoutGrads<acc_t> z = zoneout_backward(dh, zh);
-      zpart[br] = z.prev;
-      fresh = z.fresh;
-    } else {
-      zpart[br] = 0;
-      fresh = dh;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t total = dh[k] + dy[row + k];
+      if constexpr (kZoneH) {
+        const ZoneoutGrads<acc_t> z = zoneout_backward<acc_t>(total, zh[k]);
+        zpart[row + k] = z.prev;
+        fresh[k] = z.fresh;
+      } else {
+        zpart[row + k] = 0;
+        fresh[k] = total;
+      }
     }
   }
 
   // The cell pass of backward step s over (B, H).
-  //   dhtil: dL/dh̃ of the pre-projection value (null without projection: computed here from
-  //          the state pass, fused)
+  //   dhtil: dL/dh̃ of the pre-projection value with a projection; without one (null) the
+  //          state pass is fused in here
   //   dc: in: dL/dc after the step, out: before it; da: out: dL/da_t (B, 4H)
   //   htil_out: with a projection, h̃ = o tanh(c̃) for the W_hr gradient
   void backward_cell(int64_t t, const scalar_t* gates, const scalar_t* c_prev,
                      const scalar_t* c_tilde, const scalar_t* dhtil, const scalar_t* dy,
                      scalar_t* zpart, const scalar_t* dhhat, const scalar_t* mh, scalar_t* dc,
                      scalar_t* da, scalar_t* htil_out) const {
-    const int64_t B = plan.B, H = plan.H, quads = (H + 3) / 4;
-    at::parallel_for(0, B * quads, kGrainQuads, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t b = n / quads, q = n % quads;
-        const bool on = active(t, b);
-        const Masks masks = on ? Masks(plan, t, b, q, !plan.has_proj) : Masks::inactive();
-        for (int64_t k = 0; k < 4; ++k) {
-          const int64_t j = q * 4 + k;
-          if (j >= H) break;
-          const int64_t bj = b * H + j;
-          acc_t dh_tilde;
-          if (plan.has_proj) {
-            dh_tilde = on ? dhtil[bj] : acc_t(0);
-          } else {
-            backward_state(t, b, j, on, masks.zh[k], dy, zpart, dhhat, mh, dh_tilde);
-          }
-          scalar_t* d = da + b * 4 * H;
-          if (!on) {
-            d[j] = d[H + j] = d[2 * H + j] = d[3 * H + j] = 0;
-            if (htil_out) htil_out[bj] = 0;
-            continue;
-          }
-          const scalar_t* g = gates + b * 4 * H;
-          const Gates<acc_t> gate{g[j], g[H + j], g[2 * H + j], g[3 * H + j]};
-          if (htil_out) htil_out[bj] = gate.o * act_tanh(static_cast<acc_t>(c_tilde[bj]));
-          acc_t dcell = dc[bj];
-          const GateGrads<acc_t> grad = cell_backward<acc_t>(
-              gate, c_prev[bj], c_tilde[bj], masks.cand[k], masks.zc[k], dh_tilde, dcell);
-          dc[bj] = dcell;
-          d[j] = grad.a_i;
-          d[H + j] = grad.a_f;
-          d[2 * H + j] = grad.a_g;
-          d[3 * H + j] = grad.a_o;
+    const int64_t H = plan.H;
+    const bool proj = plan.has_proj;
+    for_each_chunk(plan.B, H, [&](int64_t b, int64_t j0, int64_t n) {
+      const int64_t row = b * H + j0;
+      const bool on = active(t, b);
+      acc_t cand[kChunk], zc[kChunk], zh[kChunk], dh_tilde[kChunk];
+      if (on) {
+        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
+        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
+        if constexpr (kZoneH) {
+          if (!proj) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+        }
+      }
+      if (proj) {
+        for (int64_t k = 0; k < n; ++k) dh_tilde[k] = dhtil[row + k];
+      } else {
+        backward_state(row, n, on, zh, dy, zpart, dhhat, mh, dh_tilde);
+      }
+      scalar_t* d = da + b * 4 * H + j0;
+      if (!on) {
+        for (int g = 0; g < 4; ++g) std::fill_n(d + g * H, n, scalar_t(0));
+        if (htil_out) std::fill_n(htil_out + row, n, scalar_t(0));
+        return;
+      }
+      const scalar_t* g = gates + b * 4 * H + j0;
+      const scalar_t* cp = c_prev + row;
+      const scalar_t* ct = c_tilde + row;
+      scalar_t* dcr = dc + row;
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const Gates<acc_t> gate{g[k], g[H + k], g[2 * H + k], g[3 * H + k]};
+        acc_t dcell = dcr[k];
+        const GateGrads<acc_t> grad = cell_backward<acc_t>(
+            gate, cp[k], ct[k], kCand ? cand[k] : acc_t(1), kZoneC ? zc[k] : acc_t(0),
+            dh_tilde[k], dcell);
+        dcr[k] = dcell;
+        d[k] = grad.a_i;
+        d[H + k] = grad.a_f;
+        d[2 * H + k] = grad.a_g;
+        d[3 * H + k] = grad.a_o;
+      }
+      if (htil_out) {
+        for (int64_t k = 0; k < n; ++k) {
+          htil_out[row + k] = g[3 * H + k] * act_tanh(static_cast<acc_t>(ct[k]));
         }
       }
     });
@@ -248,22 +297,16 @@ struct CpuLayer {
   void backward_projected_state(int64_t t, const scalar_t* dy, scalar_t* zpart,
                                 const scalar_t* dhhat, const scalar_t* mh,
                                 scalar_t* dproj) const {
-    const int64_t B = plan.B, R = plan.R, quads = (R + 3) / 4;
-    at::parallel_for(0, B * quads, kGrainQuads, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t b = n / quads, q = n % quads;
-        const bool on = active(t, b);
-        acc_t zh[4] = {0, 0, 0, 0};
-        if constexpr (kZoneH) {
-          if (on) Masks::zoneout(plan, t, b, q, kMaskZoneoutH, zh);
-        }
-        for (int64_t k = 0; k < 4 && q * 4 + k < R; ++k) {
-          const int64_t r = q * 4 + k;
-          acc_t fresh;
-          backward_state(t, b, r, on, zh[k], dy, zpart, dhhat, mh, fresh);
-          dproj[b * R + r] = fresh;
-        }
+    const int64_t R = plan.R;
+    for_each_chunk(plan.B, R, [&](int64_t b, int64_t j0, int64_t n) {
+      const int64_t row = b * R + j0;
+      const bool on = active(t, b);
+      acc_t zh[kChunk], fresh[kChunk];
+      if constexpr (kZoneH) {
+        if (on) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
       }
+      backward_state(row, n, on, zh, dy, zpart, dhhat, mh, fresh);
+      std::copy(fresh, fresh + n, dproj + row);
     });
   }
 };

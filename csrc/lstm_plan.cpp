@@ -212,7 +212,7 @@ std::vector<Tensor> lstm_masks(int64_t seed, int64_t T, int64_t B, int64_t I, in
   for (int k = 0; k < kNumMaskKinds; ++k) {
     const auto kind = static_cast<MaskKind>(k);
     const int64_t steps = shapes[k][0], rows = shapes[k][1], cols = shapes[k][2];
-    const bool is_dropout = k < kMaskZoneoutC;
+    const bool is_dropout = k < static_cast<int>(kMaskZoneoutC);
     Tensor mask = at::empty({steps, rows, cols}, at::TensorOptions().dtype(at::kFloat));
     float* p = mask.data_ptr<float>();
     const MaskStream stream(static_cast<uint64_t>(seed), layer, reverse, kind);
@@ -229,7 +229,7 @@ std::vector<Tensor> lstm_masks(int64_t seed, int64_t T, int64_t B, int64_t I, in
         }
       }
     }
-    out.push_back(k < kMaskCandidate ? mask.squeeze(0).to(dtype) : mask.to(dtype));
+    out.push_back(k < static_cast<int>(kMaskCandidate) ? mask.squeeze(0).to(dtype) : mask.to(dtype));
   }
   return out;
 }

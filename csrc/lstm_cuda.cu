@@ -1,0 +1,682 @@
+// CUDA forward and backward of the layer op (SPEC §2, §5): the same function as lstm_cpu.cpp,
+// with the same masks, workspace and schema.
+//
+// Forward: one GEMM projects the (masked) inputs of all steps, straight into the gates workspace
+// when backward will need it; per step, one GEMM adds Ŵ_hh ĥ_{t-1} and one fused pointwise kernel
+// applies the cell (cell_math.h) with the per-step masks drawn from the Philox stream (philox.h),
+// overwriting the pre-activations with the post-activation gates and writing the output, the
+// state and the workspace. A projection adds a GEMM and a small state kernel per step. Backward
+// walks the steps in reverse with one fused pointwise kernel and one GEMM per step (two of each
+// with a projection); the input and weight gradients are single GEMMs after the loop.
+//
+// One thread owns a quad of four consecutive units of one sample: the Philox block that draws
+// their masks is computed once (the counter layout of philox.h) and no mask is ever stored. The
+// pointwise kernels are templates over the regularizer switches <kCand, kZoneC, kZoneH>, so an
+// unregularized call draws no random number. Arithmetic runs in at::opmath_type<scalar_t>
+// (float for half/bfloat16); the GEMMs run in the storage dtype through cuBLAS (at::cuda::blas),
+// which accumulates in float. Everything is queued on the current stream; nothing here
+// synchronizes with the host.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDABlas.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cell_math.h"
+#include "lstm_layer.h"
+
+namespace rnnfused {
+
+namespace {
+
+constexpr int kThreads = 128;
+
+int64_t num_blocks(int64_t work) {
+  // A grid-stride loop covers whatever a capped grid does not.
+  return std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(1) << 20);
+}
+
+#define RNNFUSED_GRID_STRIDE(n, total)                                                        \
+  for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < (total); \
+       n += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+template <typename scalar_t>
+scalar_t* ptr_or_null(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// cuBLAS
+// ---------------------------------------------------------------------------------------------
+
+// C (m x n) = alpha op(A) op(B) + beta C, all row-major (the contract of cpu_blas.h's
+// gemm_rowmajor), on the current stream. With beta = 0, C is not read (it may hold anything).
+template <typename scalar_t>
+void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                   at::opmath_type<scalar_t> alpha, const scalar_t* a, int64_t lda,
+                   const scalar_t* b, int64_t ldb, at::opmath_type<scalar_t> beta, scalar_t* c,
+                   int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    TORCH_INTERNAL_ASSERT(ldc == n);
+    if (beta == 0) {
+      C10_CUDA_CHECK(cudaMemsetAsync(c, 0, sizeof(scalar_t) * m * n,
+                                     at::cuda::getCurrentCUDAStream()));
+    }
+    return;
+  }
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  at::cuda::blas::gemm<scalar_t>(trans_b ? 't' : 'n', trans_a ? 't' : 'n', n, m, k, alpha, b,
+                                 ldb, a, lda, beta, c, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Masks
+// ---------------------------------------------------------------------------------------------
+
+// The device equivalent of sequence_masks(): a (rows, cols) inverted-dropout scale, t = 0.
+template <typename scalar_t>
+__global__ void sequence_mask_kernel(scalar_t* __restrict__ scale, int64_t rows, int64_t cols,
+                                     MaskStream stream, uint32_t threshold, scalar_t inv_keep) {
+  const int64_t quads = (cols + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, rows * quads) {
+    const int64_t r = n / quads, q = n % quads;
+    const Philox4x32 words = stream.quad(0, r, q);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t col = q * 4 + k;
+      if (col < cols) {
+        scale[r * cols + col] = dropout_keep(words.v[k], threshold) ? inv_keep : scalar_t(0);
+      }
+    }
+  }
+}
+
+SequenceMasks sequence_masks_cuda(const LayerPlan& plan, const at::TensorOptions& opts) {
+  SequenceMasks out;
+  auto make = [&](MaskKind kind, int64_t rows, int64_t cols) {
+    Tensor scale = at::empty({rows, cols}, opts);
+    if (scale.numel() == 0) return scale;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scale.scalar_type(),
+                                    "sequence_masks_cuda", [&] {
+      const int64_t quads = (cols + 3) / 4;
+      sequence_mask_kernel<scalar_t>
+          <<<num_blocks(rows * quads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              scale.data_ptr<scalar_t>(), rows, cols, plan.stream(kind), plan.threshold(kind),
+              static_cast<scalar_t>(plan.inv_keep(kind)));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return scale;
+  };
+  if (plan.input_dropout()) out.input_scale = make(kMaskInput, plan.B, plan.I);
+  if (plan.recurrent_dropout()) out.recurrent_scale = make(kMaskRecurrent, plan.B, plan.R);
+  if (plan.weight_drop()) out.weight_scale = make(kMaskWeight, 4 * plan.H, plan.R);
+  return out;
+}
+
+// What the pointwise kernels need to know about a call's per-step masks, in a form a kernel
+// can take by value (LayerPlan's helpers are host code).
+template <typename acc_t>
+struct StepMaskParams {
+  MaskStream cand, zone_c, zone_h;
+  uint32_t cand_threshold, zone_c_threshold, zone_h_threshold;
+  acc_t cand_inv_keep;
+  acc_t zone_c_rate, zone_h_rate;  // evaluation: zoneout at its expectation
+  bool training;
+
+  explicit StepMaskParams(const LayerPlan& plan)
+      : cand(plan.stream(kMaskCandidate)),
+        zone_c(plan.stream(kMaskZoneoutC)),
+        zone_h(plan.stream(kMaskZoneoutH)),
+        cand_threshold(plan.threshold(kMaskCandidate)),
+        zone_c_threshold(plan.threshold(kMaskZoneoutC)),
+        zone_h_threshold(plan.threshold(kMaskZoneoutH)),
+        cand_inv_keep(static_cast<acc_t>(plan.inv_keep(kMaskCandidate))),
+        zone_c_rate(static_cast<acc_t>(plan.rate[kMaskZoneoutC])),
+        zone_h_rate(static_cast<acc_t>(plan.rate[kMaskZoneoutH])),
+        training(plan.training) {}
+
+  // Zoneout of one quad: the 0/1 keep-previous mask in training, the rate in evaluation.
+  __device__ __forceinline__ void zoneout(const MaskStream& stream, uint32_t threshold,
+                                          acc_t rate, int64_t t, int64_t b, int64_t q,
+                                          acc_t (&z)[4]) const {
+    if (training) {
+      const Philox4x32 w = stream.quad(t, b, q);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) z[k] = zoneout_value<acc_t>(w.v[k], threshold);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) z[k] = rate;
+    }
+  }
+};
+
+// The per-step masks of one quad of units (the device twin of lstm_cpu.cpp's StepMasks).
+template <typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+struct QuadMasks {
+  acc_t cand[4] = {1, 1, 1, 1};
+  acc_t zc[4] = {0, 0, 0, 0};
+  acc_t zh[4] = {0, 0, 0, 0};
+
+  // The identity masks of a padded position (nothing is computed there).
+  __device__ __forceinline__ QuadMasks() {}
+
+  __device__ __forceinline__ QuadMasks(const StepMaskParams<acc_t>& p, int64_t t, int64_t b,
+                                       int64_t q, bool draw_zh) {
+    if constexpr (kCand) {
+      const Philox4x32 w = p.cand.quad(t, b, q);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        cand[k] = dropout_scale<acc_t>(w.v[k], p.cand_threshold, p.cand_inv_keep);
+      }
+    }
+    if constexpr (kZoneC) p.zoneout(p.zone_c, p.zone_c_threshold, p.zone_c_rate, t, b, q, zc);
+    if constexpr (kZoneH) {
+      if (draw_zh) p.zoneout(p.zone_h, p.zone_h_threshold, p.zone_h_rate, t, b, q, zh);
+    }
+  }
+};
+
+__device__ __forceinline__ bool is_active(const int64_t* len, int64_t t, int64_t b) {
+  return len == nullptr || t < len[b];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward kernels
+// ---------------------------------------------------------------------------------------------
+
+// The pointers of one forward step. Row-major (B, ·) slices of the call's tensors.
+template <typename scalar_t>
+struct ForwardStep {
+  const scalar_t* pre;  // (B, 4H) pre-activations; may alias gates (overwritten in place)
+  scalar_t* gates;      // (B, 4H) post-activation gates, or null without workspace
+  const scalar_t* h_prev;
+  scalar_t* h_next;     // (B, R)
+  const scalar_t* c_prev;
+  scalar_t* c_next;     // (B, H)
+  scalar_t* ctil;       // (B, H) c̃ before zoneout, or null
+  scalar_t* out;        // (B, R) the output at input position t
+  scalar_t* hhat_next;  // (B, R) h ⊙ mh for the next GEMM, or null without recurrent dropout
+  const scalar_t* mh;   // (B, R) recurrent-dropout scale, or null
+  scalar_t* htil;       // (B, H) h̃ for the projection GEMM, or null without projection
+  const int64_t* len;   // (B) on the device, or null
+};
+
+// h_t from h̃_t: zoneout, the output, and the recurrent-dropped copy the next GEMM reads.
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__device__ __forceinline__ void finish_state(const ForwardStep<scalar_t>& s, int64_t br, bool on,
+                                             acc_t h_fresh, acc_t zh) {
+  const acc_t h_prev = static_cast<acc_t>(s.h_prev[br]);
+  acc_t h = h_prev;
+  if (on) h = kZoneH ? zoneout_mix(h_prev, h_fresh, zh) : h_fresh;
+  s.h_next[br] = static_cast<scalar_t>(h);
+  s.out[br] = static_cast<scalar_t>(on ? h : acc_t(0));
+  if (s.mh != nullptr) s.hhat_next[br] = static_cast<scalar_t>(h * static_cast<acc_t>(s.mh[br]));
+}
+
+// The cell of step t over (B, H). Without a projection it also finishes the state; with one it
+// leaves h̃ in htil for the projection GEMM.
+template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> mp, int64_t t, int64_t B,
+                        int64_t H, bool has_proj) {
+  using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
+  const int64_t quads = (H + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    const Masks masks = on ? Masks(mp, t, b, q, !has_proj) : Masks();
+    const scalar_t* a = s.pre + b * 4 * H;
+    scalar_t* g = s.gates != nullptr ? s.gates + b * 4 * H : nullptr;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t j = q * 4 + k;
+      if (j >= H) break;
+      const int64_t bj = b * H + j;
+      const acc_t c_prev = static_cast<acc_t>(s.c_prev[bj]);
+      if (!on) {
+        s.c_next[bj] = static_cast<scalar_t>(c_prev);
+        if (g != nullptr) g[j] = g[H + j] = g[2 * H + j] = g[3 * H + j] = scalar_t(0);
+        if (s.ctil != nullptr) s.ctil[bj] = static_cast<scalar_t>(c_prev);
+        if (has_proj) {
+          s.htil[bj] = scalar_t(0);
+        } else {
+          finish_state<scalar_t, acc_t, kZoneH>(s, bj, false, acc_t(0), acc_t(0));
+        }
+        continue;
+      }
+      // Read all four pre-activations before writing any gate: pre and gates may alias.
+      const Gates<acc_t> gate =
+          activate_gates<acc_t>(static_cast<acc_t>(a[j]), static_cast<acc_t>(a[H + j]),
+                                static_cast<acc_t>(a[2 * H + j]), static_cast<acc_t>(a[3 * H + j]));
+      const CellForward<acc_t> cell = cell_forward<acc_t>(gate, c_prev, masks.cand[k]);
+      s.c_next[bj] = static_cast<scalar_t>(
+          kZoneC ? zoneout_mix(c_prev, cell.c_tilde, masks.zc[k]) : cell.c_tilde);
+      if (g != nullptr) {
+        g[j] = static_cast<scalar_t>(gate.i);
+        g[H + j] = static_cast<scalar_t>(gate.f);
+        g[2 * H + j] = static_cast<scalar_t>(gate.g);
+        g[3 * H + j] = static_cast<scalar_t>(gate.o);
+      }
+      if (s.ctil != nullptr) s.ctil[bj] = static_cast<scalar_t>(cell.c_tilde);
+      if (has_proj) {
+        s.htil[bj] = static_cast<scalar_t>(cell.h_tilde);
+      } else {
+        finish_state<scalar_t, acc_t, kZoneH>(s, bj, true, cell.h_tilde, masks.zh[k]);
+      }
+    }
+  }
+}
+
+// The state of step t over (B, P) after the projection GEMM left W_hr h̃ in hproj.
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    forward_projected_state_kernel(ForwardStep<scalar_t> s, const scalar_t* __restrict__ hproj,
+                                   StepMaskParams<acc_t> mp, int64_t t, int64_t B, int64_t R) {
+  const int64_t quads = (R + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    acc_t zh[4] = {0, 0, 0, 0};
+    if constexpr (kZoneH) {
+      if (on) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t r = q * 4 + k;
+      if (r >= R) break;
+      const int64_t br = b * R + r;
+      finish_state<scalar_t, acc_t, kZoneH>(s, br, on, static_cast<acc_t>(hproj[br]), zh[k]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward kernels
+// ---------------------------------------------------------------------------------------------
+
+// The pointers of one backward step.
+template <typename scalar_t, typename acc_t>
+struct BackwardStep {
+  const scalar_t* gates;    // (B, 4H) post-activation gates at t
+  const scalar_t* c_prev;   // (B, H) cell before the step
+  const scalar_t* c_tilde;  // (B, H) c̃ of the step
+  const scalar_t* dhtil;    // (B, H) dL/dh̃ with a projection (from its GEMM), else null
+  const scalar_t* dy;       // (B, R) dL/dy_t
+  acc_t* zpart;             // (B, R) in: the zoneout share carried from later steps; out: this one's
+  const scalar_t* dhhat;    // (B, R) dL/dĥ from step s+1's GEMM, or null at the last step
+  const scalar_t* mh;       // (B, R) recurrent-dropout scale, or null
+  acc_t* dc;                // (B, H) in: dL/dc after the step; out: before it
+  scalar_t* da;             // (B, 4H) out: dL/da_t
+  scalar_t* htil;           // (B, H) out with a projection: h̃ for the W_hr gradient, else null
+  scalar_t* dproj;          // (B, R) out with a projection: dL/d(W_hr h̃)
+  const int64_t* len;
+};
+
+// dL/dh_s of the state after step s, split through zoneout on h (lstm_cpu.cpp's
+// backward_state). Returns dL/dh̃_s.
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__device__ __forceinline__ acc_t backward_state(const BackwardStep<scalar_t, acc_t>& s,
+                                                int64_t br, bool on, acc_t zh) {
+  acc_t dh = s.zpart[br];
+  if (s.dhhat != nullptr) {
+    const acc_t d = static_cast<acc_t>(s.dhhat[br]);
+    dh += s.mh != nullptr ? d * static_cast<acc_t>(s.mh[br]) : d;
+  }
+  if (!on) {
+    s.zpart[br] = dh;
+    return acc_t(0);
+  }
+  dh += static_cast<acc_t>(s.dy[br]);
+  if constexpr (kZoneH) {
+    const ZoneoutGrads<acc_t> z = zoneout_backward(dh, zh);
+    s.zpart[br] = z.prev;
+    return z.fresh;
+  } else {
+    s.zpart[br] = acc_t(0);
+    return dh;
+  }
+}
+
+// The cell of backward step t over (B, H); without a projection the state pass is fused in.
+template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp, int64_t t,
+                         int64_t B, int64_t H, bool has_proj) {
+  using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
+  const int64_t quads = (H + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    const Masks masks = on ? Masks(mp, t, b, q, !has_proj) : Masks();
+    const scalar_t* g = s.gates + b * 4 * H;
+    scalar_t* d = s.da + b * 4 * H;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t j = q * 4 + k;
+      if (j >= H) break;
+      const int64_t bj = b * H + j;
+      acc_t dh_tilde;
+      if (has_proj) {
+        dh_tilde = on ? static_cast<acc_t>(s.dhtil[bj]) : acc_t(0);
+      } else {
+        dh_tilde = backward_state<scalar_t, acc_t, kZoneH>(s, bj, on, masks.zh[k]);
+      }
+      if (!on) {
+        d[j] = d[H + j] = d[2 * H + j] = d[3 * H + j] = scalar_t(0);
+        if (s.htil != nullptr) s.htil[bj] = scalar_t(0);
+        continue;
+      }
+      const Gates<acc_t> gate{static_cast<acc_t>(g[j]), static_cast<acc_t>(g[H + j]),
+                              static_cast<acc_t>(g[2 * H + j]), static_cast<acc_t>(g[3 * H + j])};
+      const acc_t c_tilde = static_cast<acc_t>(s.c_tilde[bj]);
+      if (s.htil != nullptr) s.htil[bj] = static_cast<scalar_t>(gate.o * act_tanh(c_tilde));
+      acc_t dcell = s.dc[bj];
+      const GateGrads<acc_t> grad =
+          cell_backward<acc_t>(gate, static_cast<acc_t>(s.c_prev[bj]), c_tilde, masks.cand[k],
+                               masks.zc[k], dh_tilde, dcell);
+      s.dc[bj] = dcell;
+      d[j] = static_cast<scalar_t>(grad.a_i);
+      d[H + j] = static_cast<scalar_t>(grad.a_f);
+      d[2 * H + j] = static_cast<scalar_t>(grad.a_g);
+      d[3 * H + j] = static_cast<scalar_t>(grad.a_o);
+    }
+  }
+}
+
+// The state of backward step t with a projection, over (B, P): writes dL/d(W_hr h̃).
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    backward_projected_state_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp,
+                                    int64_t t, int64_t B, int64_t R) {
+  const int64_t quads = (R + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    acc_t zh[4] = {0, 0, 0, 0};
+    if constexpr (kZoneH) {
+      if (on) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t r = q * 4 + k;
+      if (r >= R) break;
+      const int64_t br = b * R + r;
+      s.dproj[br] = static_cast<scalar_t>(backward_state<scalar_t, acc_t, kZoneH>(s, br, on, zh[k]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+
+// Calls f.template operator()<kCand, kZoneC, kZoneH>() with the switches of this plan.
+template <typename F>
+void dispatch_switches(const LayerPlan& plan, F&& f) {
+  const int code = (plan.candidate_dropout() ? 4 : 0) | (plan.zoneout_c() ? 2 : 0) |
+                   (plan.zoneout_h() ? 1 : 0);
+  switch (code) {
+    case 0: f.template operator()<false, false, false>(); break;
+    case 1: f.template operator()<false, false, true>(); break;
+    case 2: f.template operator()<false, true, false>(); break;
+    case 3: f.template operator()<false, true, true>(); break;
+    case 4: f.template operator()<true, false, false>(); break;
+    case 5: f.template operator()<true, false, true>(); break;
+    case 6: f.template operator()<true, true, false>(); break;
+    default: f.template operator()<true, true, true>(); break;
+  }
+}
+
+void check_cuda_device(const Tensor& input) {
+  TORCH_CHECK_VALUE(input.is_cuda(), "rnnfused: the CUDA kernels need input on a CUDA device, "
+                    "got ", input.device());
+}
+
+// The lengths on the device of the call: one small copy per call, queued on the stream.
+Tensor device_lengths(const LayerPlan& plan, const c10::optional<Tensor>& lengths,
+                      const at::Device& device) {
+  if (!plan.has_lengths) return Tensor();
+  return lengths->contiguous().to(device, at::kLong, /*non_blocking=*/true);
+}
+
+}  // namespace
+
+ForwardResult lstm_forward_cuda(const Tensor& input_, const Tensor& h0, const Tensor& c0,
+                                const Tensor& weight_ih, const Tensor& weight_hh,
+                                const c10::optional<Tensor>& bias_ih,
+                                const c10::optional<Tensor>& bias_hh,
+                                const c10::optional<Tensor>& weight_hr,
+                                const c10::optional<Tensor>& lengths, const Tensor& seed,
+                                int64_t layer, bool reverse, bool training,
+                                at::ArrayRef<double> rates, bool need_workspace) {
+  const LayerPlan plan = plan_forward(input_, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                      weight_hr, lengths, seed, layer, reverse, training, rates);
+  check_cuda_device(input_);
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  const auto opts = input_.options();
+  const SequenceMasks seq = sequence_masks_cuda(plan, opts);
+
+  // x̂ = x ⊙ mx / (1 - p_in): the same (B, I) mask at every step.
+  Tensor xhat = input_.contiguous();
+  if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
+  // Ŵ_hh = W_hh ⊙ M / (1 - p_w): one mask per call.
+  Tensor w_hh = weight_hh.contiguous();
+  if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
+  const Tensor w_ih = weight_ih.contiguous();
+  const Tensor w_hr = plan.has_proj ? weight_hr->contiguous() : Tensor();
+  const Tensor mh = seq.recurrent_scale;
+  const Tensor len = device_lengths(plan, lengths, input_.device());
+
+  Tensor output = at::empty({T, B, R}, opts);
+  // The pre-activations of all steps. With a workspace they live in `gates`, which the cell
+  // kernel overwrites step by step with the post-activation gates.
+  Tensor xp = at::empty({T, B, 4 * H}, opts);
+  Tensor gates, hs, cs, ctil;
+  if (need_workspace) {
+    gates = xp;
+    hs = at::empty({T + 1, B, R}, opts);
+    cs = at::empty({T + 1, B, H}, opts);
+    ctil = plan.zoneout_c() ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  } else {
+    // Two rolling states suffice when backward will not run.
+    hs = at::empty({2, B, R}, opts);
+    cs = at::empty({2, B, H}, opts);
+  }
+  hs[0].copy_(h0);
+  cs[0].copy_(c0);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_.scalar_type(),
+                                  "lstm_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    // Input projection of all steps, with both biases: Xp = x̂ W_ih^T + b_ih + b_hh.
+    if (plan.has_bias) xp.copy_((*bias_ih + *bias_hh).expand({T, B, 4 * H}));
+    gemm_rowmajor<scalar_t>(false, true, T * B, 4 * H, I, 1, xhat.data_ptr<scalar_t>(), I,
+                            w_ih.data_ptr<scalar_t>(), I, plan.has_bias ? 1 : 0,
+                            xp.data_ptr<scalar_t>(), 4 * H);
+    Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
+    if (mh.defined()) hhat[0].copy_(h0 * mh);
+    Tensor htil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
+    Tensor hproj = plan.has_proj ? at::empty({B, R}, opts) : Tensor();
+
+    scalar_t* hs_p = hs.data_ptr<scalar_t>();
+    scalar_t* cs_p = cs.data_ptr<scalar_t>();
+    scalar_t* hhat_p = ptr_or_null<scalar_t>(hhat);
+    const StepMaskParams<acc_t> mp(plan);
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
+    const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
+
+    dispatch_switches(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = plan.time_of(s);
+        const int64_t cur = need_workspace ? s : s % 2;
+        const int64_t nxt = need_workspace ? s + 1 : (s + 1) % 2;
+        scalar_t* pre = xp.data_ptr<scalar_t>() + t * B * 4 * H;
+        const scalar_t* hhat_prev = hhat_p ? hhat_p + (s % 2) * B * R : hs_p + cur * B * R;
+        gemm_rowmajor<scalar_t>(false, true, B, 4 * H, R, 1, hhat_prev, R,
+                                w_hh.data_ptr<scalar_t>(), R, 1, pre, 4 * H);
+        const ForwardStep<scalar_t> step{
+            pre,
+            need_workspace ? pre : nullptr,
+            hs_p + cur * B * R,
+            hs_p + nxt * B * R,
+            cs_p + cur * B * H,
+            cs_p + nxt * B * H,
+            need_workspace && kZoneC ? ctil.data_ptr<scalar_t>() + t * B * H : nullptr,
+            output.data_ptr<scalar_t>() + t * B * R,
+            hhat_p ? hhat_p + ((s + 1) % 2) * B * R : nullptr,
+            ptr_or_null<scalar_t>(mh),
+            ptr_or_null<scalar_t>(htil),
+            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
+        if (cell_blocks > 0) {
+          forward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>
+              <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        if (plan.has_proj) {
+          gemm_rowmajor<scalar_t>(false, true, B, R, H, 1, htil.data_ptr<scalar_t>(), H,
+                                  w_hr.data_ptr<scalar_t>(), H, 0, hproj.data_ptr<scalar_t>(), R);
+          if (state_blocks > 0) {
+            forward_projected_state_kernel<scalar_t, acc_t, kZoneH>
+                <<<state_blocks, kThreads, 0, stream>>>(step, hproj.data_ptr<scalar_t>(), mp, t,
+                                                        B, R);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        }
+      }
+    });
+  });
+
+  const int64_t last = need_workspace ? T : T % 2;
+  Tensor h_n = hs[last].clone();
+  Tensor c_n = cs[last].clone();
+  if (!need_workspace) {
+    gates = hs = cs = ctil = at::empty({0}, opts);
+  }
+  return {output, h_n, c_n, gates, hs, cs, ctil};
+}
+
+BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad_h_n,
+                                  const Tensor& grad_c_n, const Tensor& input,
+                                  const Tensor& weight_ih, const Tensor& weight_hh,
+                                  const c10::optional<Tensor>& weight_hr,
+                                  const c10::optional<Tensor>& lengths, const Tensor& seed,
+                                  int64_t layer, bool reverse, bool training,
+                                  at::ArrayRef<double> rates, const Tensor& gates_,
+                                  const Tensor& hs_, const Tensor& cs_, const Tensor& ctil_,
+                                  bool has_bias) {
+  const LayerPlan plan =
+      plan_backward(grad_output_, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr,
+                    lengths, seed, layer, reverse, training, rates, gates_, hs_, cs_, ctil_,
+                    has_bias);
+  check_cuda_device(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  const auto opts = input.options();
+  // The carried gradients stay in the compute precision (float for half/bfloat16).
+  const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
+  const SequenceMasks seq = sequence_masks_cuda(plan, opts);
+  const Tensor grad_output = grad_output_.contiguous();
+  const Tensor gates = gates_.contiguous(), hs = hs_.contiguous(), cs = cs_.contiguous();
+  const Tensor ctil = plan.zoneout_c() ? ctil_.contiguous() : Tensor();
+  Tensor w_hh = weight_hh.contiguous();
+  if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
+  const Tensor w_hr = plan.has_proj ? weight_hr->contiguous() : Tensor();
+  const Tensor mh = seq.recurrent_scale;
+  const Tensor len = device_lengths(plan, lengths, input.device());
+
+  Tensor da = at::empty({T, B, 4 * H}, opts);               // dL/da_t, indexed by t
+  Tensor zpart = grad_h_n.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  Tensor dc = grad_c_n.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  Tensor dhhat = at::empty({B, R}, opts);                   // dL/dĥ from the last step's GEMM
+  Tensor dproj = plan.has_proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
+  Tensor dhtil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "lstm_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const StepMaskParams<acc_t> mp(plan);
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
+    const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
+    dispatch_switches(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = plan.time_of(s);
+        scalar_t* da_t = da.data_ptr<scalar_t>() + t * B * 4 * H;
+        const BackwardStep<scalar_t, acc_t> step{
+            gates.data_ptr<scalar_t>() + t * B * 4 * H,
+            cs.data_ptr<scalar_t>() + s * B * H,
+            kZoneC ? ctil.data_ptr<scalar_t>() + t * B * H
+                   : cs.data_ptr<scalar_t>() + (s + 1) * B * H,
+            ptr_or_null<scalar_t>(dhtil),
+            grad_output.data_ptr<scalar_t>() + t * B * R,
+            zpart.data_ptr<acc_t>(),
+            s == T - 1 ? nullptr : dhhat.data_ptr<scalar_t>(),
+            ptr_or_null<scalar_t>(mh),
+            dc.data_ptr<acc_t>(),
+            da_t,
+            plan.has_proj ? htil.data_ptr<scalar_t>() + t * B * H : nullptr,
+            plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr,
+            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
+        if (plan.has_proj) {
+          if (state_blocks > 0) {
+            backward_projected_state_kernel<scalar_t, acc_t, kZoneH>
+                <<<state_blocks, kThreads, 0, stream>>>(step, mp, t, B, R);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+          // dL/dh̃ = dL/d(W_hr h̃) W_hr
+          gemm_rowmajor<scalar_t>(false, false, B, H, R, 1, step.dproj, R,
+                                  w_hr.data_ptr<scalar_t>(), H, 0, dhtil.data_ptr<scalar_t>(), H);
+        }
+        if (cell_blocks > 0) {
+          backward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>
+              <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        // dL/dĥ_{s-1} = da_t Ŵ_hh
+        gemm_rowmajor<scalar_t>(false, false, B, R, 4 * H, 1, da_t, 4 * H,
+                                w_hh.data_ptr<scalar_t>(), R, 0, dhhat.data_ptr<scalar_t>(), R);
+      }
+    });
+  });
+
+  // dL/dh0 = the zoneout share + dĥ ⊙ mh from the first step.
+  Tensor grad_h0 = T > 0 ? zpart + (mh.defined() ? dhhat * mh : dhhat) : zpart;
+  grad_h0 = grad_h0.to(input.scalar_type());
+  Tensor grad_c0 = dc.to(input.scalar_type());
+
+  // Weight and input gradients, each one GEMM over all steps.
+  const Tensor da2 = da.view({T * B, 4 * H});
+  Tensor xhat = input.contiguous();
+  if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
+  Tensor grad_input = at::mm(da2, weight_ih.contiguous()).view({T, B, I});
+  if (seq.input_scale.defined()) grad_input.mul_(seq.input_scale.unsqueeze(0));
+  Tensor grad_weight_ih = at::mm(da2.t(), xhat.view({T * B, I}));
+  // ĥ_{t-1}: the state each step read, in input order, with its recurrent-dropout mask.
+  Tensor hprev = hs.narrow(0, 0, T);
+  if (plan.reverse) hprev = hprev.flip(0);
+  if (mh.defined()) hprev = hprev * mh.unsqueeze(0);
+  Tensor grad_weight_hh = at::mm(da2.t(), hprev.reshape({T * B, R}));
+  if (seq.weight_scale.defined()) grad_weight_hh.mul_(seq.weight_scale);
+  Tensor grad_bias = plan.has_bias ? da2.sum(0) : at::empty({0}, opts);
+  Tensor grad_weight_hr = plan.has_proj
+                              ? at::mm(dproj.view({T * B, R}).t(), htil.view({T * B, H}))
+                              : at::empty({0}, opts);
+  return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr};
+}
+
+TORCH_LIBRARY_IMPL(rnnfused, CUDA, m) {
+  m.impl("lstm_forward", &lstm_forward_cuda);
+  m.impl("lstm_backward", &lstm_backward_cuda);
+}
+
+}  // namespace rnnfused
