@@ -9,8 +9,10 @@ deps:
 	@$(PYTHON) -c "import numpy, pytest, matplotlib" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest matplotlib
 
 # Builds rnnfused._C in place; the lock keeps concurrent builds in one tree from clobbering each other.
+# Rebuilds everything when setup.py changed (flags are not tracked by build_ext).
 build: deps
-	flock /tmp/rnnfused-build.lock $(PYTHON) setup.py -q build_ext --inplace
+	@force=""; for so in rnnfused/_C*.so; do [ -e "$$so" ] && [ setup.py -nt "$$so" ] && force=--force; done; \
+	flock /tmp/rnnfused-build.lock $(PYTHON) setup.py -q build_ext --inplace $$force
 
 test: build
 	$(PYTHON) -m pytest -q tests
