@@ -13,13 +13,13 @@
 // their masks is computed once (the counter layout of philox.h) and no mask is ever stored. The
 // pointwise kernels are templates over the regularizer switches <kCand, kZoneC, kZoneH>, so an
 // unregularized call draws no random number. Arithmetic runs in at::opmath_type<scalar_t>
-// (float for half/bfloat16); the GEMMs run in the storage dtype through cuBLAS (at::cuda::blas),
-// which accumulates in float. Everything is queued on the current stream; nothing here
-// synchronizes with the host.
+// (float for half/bfloat16); the GEMMs run in the storage dtype through ATen's cuBLAS ops
+// (at::addmm_out / at::mm_out into preallocated buffers: at::cuda::blas is not exported from
+// libtorch_cuda, and this way torch's TF32 and reduced-precision settings apply), which accumulate
+// in float. Everything is queued on the current stream; nothing here synchronizes with the host.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDABlas.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -49,31 +49,6 @@ int64_t num_blocks(int64_t work) {
 template <typename scalar_t>
 scalar_t* ptr_or_null(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
-}
-
-// ---------------------------------------------------------------------------------------------
-// cuBLAS
-// ---------------------------------------------------------------------------------------------
-
-// C (m x n) = alpha op(A) op(B) + beta C, all row-major (the contract of cpu_blas.h's
-// gemm_rowmajor), on the current stream. With beta = 0, C is not read (it may hold anything).
-template <typename scalar_t>
-void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                   at::opmath_type<scalar_t> alpha, const scalar_t* a, int64_t lda,
-                   const scalar_t* b, int64_t ldb, at::opmath_type<scalar_t> beta, scalar_t* c,
-                   int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    TORCH_INTERNAL_ASSERT(ldc == n);
-    if (beta == 0) {
-      C10_CUDA_CHECK(cudaMemsetAsync(c, 0, sizeof(scalar_t) * m * n,
-                                     at::cuda::getCurrentCUDAStream()));
-    }
-    return;
-  }
-  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-  at::cuda::blas::gemm<scalar_t>(trans_b ? 't' : 'n', trans_a ? 't' : 'n', n, m, k, alpha, b,
-                                 ldb, a, lda, beta, c, ldc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,9 +190,13 @@ __device__ __forceinline__ void finish_state(const ForwardStep<scalar_t>& s, int
   const acc_t h_prev = static_cast<acc_t>(s.h_prev[br]);
   acc_t h = h_prev;
   if (on) h = kZoneH ? zoneout_mix(h_prev, h_fresh, zh) : h_fresh;
-  s.h_next[br] = static_cast<scalar_t>(h);
-  s.out[br] = static_cast<scalar_t>(on ? h : acc_t(0));
-  if (s.mh != nullptr) s.hhat_next[br] = static_cast<scalar_t>(h * static_cast<acc_t>(s.mh[br]));
+  const scalar_t stored = static_cast<scalar_t>(h);
+  s.h_next[br] = stored;
+  s.out[br] = on ? stored : scalar_t(0);
+  // ĥ from the state as stored (as the CPU does and as backward's weight gradient sees it).
+  if (s.mh != nullptr) {
+    s.hhat_next[br] = static_cast<scalar_t>(static_cast<acc_t>(stored) * static_cast<acc_t>(s.mh[br]));
+  }
 }
 
 // The cell of step t over (B, H). Without a projection it also finishes the state; with one it
@@ -439,11 +418,18 @@ void check_cuda_device(const Tensor& input) {
                     "got ", input.device());
 }
 
-// The lengths on the device of the call: one small copy per call, queued on the stream.
+// The lengths on the device of the call: one small copy per call, queued on the stream. Staged
+// through pinned memory, because a copy from pageable memory would wait for the stream's work.
 Tensor device_lengths(const LayerPlan& plan, const c10::optional<Tensor>& lengths,
                       const at::Device& device) {
   if (!plan.has_lengths) return Tensor();
-  return lengths->contiguous().to(device, at::kLong, /*non_blocking=*/true);
+  return lengths->contiguous().pin_memory().to(device, at::kLong, /*non_blocking=*/true);
+}
+
+// Row-major (rows, cols) matrix view of a contiguous buffer at an element offset: the GEMMs of
+// the time loop write into slices of preallocated tensors.
+Tensor rows_of(const Tensor& t, int64_t offset, int64_t rows, int64_t cols) {
+  return t.as_strided({rows, cols}, {cols, 1}, t.storage_offset() + offset);
 }
 
 }  // namespace
@@ -470,15 +456,19 @@ ForwardResult lstm_forward_cuda(const Tensor& input_, const Tensor& h0, const Te
   // Ŵ_hh = W_hh ⊙ M / (1 - p_w): one mask per call.
   Tensor w_hh = weight_hh.contiguous();
   if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
-  const Tensor w_ih = weight_ih.contiguous();
-  const Tensor w_hr = plan.has_proj ? weight_hr->contiguous() : Tensor();
+  const Tensor w_hh_t = w_hh.t();
+  const Tensor w_hr_t = plan.has_proj ? weight_hr->contiguous().t() : Tensor();
   const Tensor mh = seq.recurrent_scale;
   const Tensor len = device_lengths(plan, lengths, input_.device());
 
+  // Input projection of all steps, with both biases: Xp = x̂ W_ih^T + b_ih + b_hh. With a
+  // workspace this is the gates tensor, which the cell kernel overwrites step by step with the
+  // post-activation gates.
+  const Tensor xhat2 = xhat.view({T * B, I});
+  Tensor xp = (plan.has_bias ? at::addmm(*bias_ih + *bias_hh, xhat2, weight_ih.t())
+                             : at::mm(xhat2, weight_ih.t()))
+                  .view({T, B, 4 * H});
   Tensor output = at::empty({T, B, R}, opts);
-  // The pre-activations of all steps. With a workspace they live in `gates`, which the cell
-  // kernel overwrites step by step with the post-activation gates.
-  Tensor xp = at::empty({T, B, 4 * H}, opts);
   Tensor gates, hs, cs, ctil;
   if (need_workspace) {
     gates = xp;
@@ -492,20 +482,14 @@ ForwardResult lstm_forward_cuda(const Tensor& input_, const Tensor& h0, const Te
   }
   hs[0].copy_(h0);
   cs[0].copy_(c0);
+  Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
+  if (mh.defined()) hhat[0].copy_(h0 * mh);
+  Tensor htil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor hproj = plan.has_proj ? at::empty({B, R}, opts) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_.scalar_type(),
                                   "lstm_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // Input projection of all steps, with both biases: Xp = x̂ W_ih^T + b_ih + b_hh.
-    if (plan.has_bias) xp.copy_((*bias_ih + *bias_hh).expand({T, B, 4 * H}));
-    gemm_rowmajor<scalar_t>(false, true, T * B, 4 * H, I, 1, xhat.data_ptr<scalar_t>(), I,
-                            w_ih.data_ptr<scalar_t>(), I, plan.has_bias ? 1 : 0,
-                            xp.data_ptr<scalar_t>(), 4 * H);
-    Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
-    if (mh.defined()) hhat[0].copy_(h0 * mh);
-    Tensor htil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
-    Tensor hproj = plan.has_proj ? at::empty({B, R}, opts) : Tensor();
-
     scalar_t* hs_p = hs.data_ptr<scalar_t>();
     scalar_t* cs_p = cs.data_ptr<scalar_t>();
     scalar_t* hhat_p = ptr_or_null<scalar_t>(hhat);
@@ -519,13 +503,15 @@ ForwardResult lstm_forward_cuda(const Tensor& input_, const Tensor& h0, const Te
         const int64_t t = plan.time_of(s);
         const int64_t cur = need_workspace ? s : s % 2;
         const int64_t nxt = need_workspace ? s + 1 : (s + 1) % 2;
-        scalar_t* pre = xp.data_ptr<scalar_t>() + t * B * 4 * H;
-        const scalar_t* hhat_prev = hhat_p ? hhat_p + (s % 2) * B * R : hs_p + cur * B * R;
-        gemm_rowmajor<scalar_t>(false, true, B, 4 * H, R, 1, hhat_prev, R,
-                                w_hh.data_ptr<scalar_t>(), R, 1, pre, 4 * H);
+        // a_t = Xp_t + ĥ_{s-1} Ŵ_hh^T, in place.
+        Tensor pre = rows_of(xp, t * B * 4 * H, B, 4 * H);
+        const Tensor hhat_prev = hhat_p ? rows_of(hhat, (s % 2) * B * R, B, R)
+                                        : rows_of(hs, cur * B * R, B, R);
+        at::addmm_out(pre, pre, hhat_prev, w_hh_t);
+        scalar_t* pre_p = pre.data_ptr<scalar_t>();
         const ForwardStep<scalar_t> step{
-            pre,
-            need_workspace ? pre : nullptr,
+            pre_p,
+            need_workspace ? pre_p : nullptr,
             hs_p + cur * B * R,
             hs_p + nxt * B * R,
             cs_p + cur * B * H,
@@ -542,8 +528,7 @@ ForwardResult lstm_forward_cuda(const Tensor& input_, const Tensor& h0, const Te
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         if (plan.has_proj) {
-          gemm_rowmajor<scalar_t>(false, true, B, R, H, 1, htil.data_ptr<scalar_t>(), H,
-                                  w_hr.data_ptr<scalar_t>(), H, 0, hproj.data_ptr<scalar_t>(), R);
+          at::mm_out(hproj, htil, w_hr_t);  // W_hr h̃
           if (state_blocks > 0) {
             forward_projected_state_kernel<scalar_t, acc_t, kZoneH>
                 <<<state_blocks, kThreads, 0, stream>>>(step, hproj.data_ptr<scalar_t>(), mp, t,
@@ -559,7 +544,11 @@ ForwardResult lstm_forward_cuda(const Tensor& input_, const Tensor& h0, const Te
   Tensor h_n = hs[last].clone();
   Tensor c_n = cs[last].clone();
   if (!need_workspace) {
-    gates = hs = cs = ctil = at::empty({0}, opts);
+    // Four distinct empty tensors: outputs of an op may not alias each other (opcheck).
+    gates = at::empty({0}, opts);
+    hs = at::empty({0}, opts);
+    cs = at::empty({0}, opts);
+    ctil = at::empty({0}, opts);
   }
   return {output, h_n, c_n, gates, hs, cs, ctil};
 }
@@ -581,7 +570,8 @@ BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
   const auto opts = input.options();
-  // The carried gradients stay in the compute precision (float for half/bfloat16).
+  // The gradients carried from step to step stay in the compute precision (float for
+  // half/bfloat16); what a GEMM reads or writes is in the storage dtype.
   const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
   const SequenceMasks seq = sequence_masks_cuda(plan, opts);
   const Tensor grad_output = grad_output_.contiguous();
@@ -593,10 +583,10 @@ BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad
   const Tensor mh = seq.recurrent_scale;
   const Tensor len = device_lengths(plan, lengths, input.device());
 
-  Tensor da = at::empty({T, B, 4 * H}, opts);               // dL/da_t, indexed by t
-  Tensor zpart = grad_h_n.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  Tensor dc = grad_c_n.to(acc_opts, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  Tensor dhhat = at::empty({B, R}, opts);                   // dL/dĥ from the last step's GEMM
+  Tensor da = at::empty({T, B, 4 * H}, opts);                      // dL/da_t, indexed by t
+  Tensor zpart = at::empty({B, R}, acc_opts).copy_(grad_h_n);      // dL/dh carried back
+  Tensor dc = at::empty({B, H}, acc_opts).copy_(grad_c_n);         // dL/dc carried back
+  Tensor dhhat = at::empty({B, R}, opts);                          // dL/dĥ from step s+1's GEMM
   Tensor dproj = plan.has_proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
   Tensor dhtil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
   Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
@@ -611,7 +601,8 @@ BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad
     dispatch_switches(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = plan.time_of(s);
-        scalar_t* da_t = da.data_ptr<scalar_t>() + t * B * 4 * H;
+        const Tensor da_t = rows_of(da, t * B * 4 * H, B, 4 * H);
+        const Tensor dproj_t = plan.has_proj ? rows_of(dproj, t * B * R, B, R) : Tensor();
         const BackwardStep<scalar_t, acc_t> step{
             gates.data_ptr<scalar_t>() + t * B * 4 * H,
             cs.data_ptr<scalar_t>() + s * B * H,
@@ -623,7 +614,7 @@ BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad
             s == T - 1 ? nullptr : dhhat.data_ptr<scalar_t>(),
             ptr_or_null<scalar_t>(mh),
             dc.data_ptr<acc_t>(),
-            da_t,
+            da.data_ptr<scalar_t>() + t * B * 4 * H,
             plan.has_proj ? htil.data_ptr<scalar_t>() + t * B * H : nullptr,
             plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr,
             plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
@@ -633,18 +624,14 @@ BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad
                 <<<state_blocks, kThreads, 0, stream>>>(step, mp, t, B, R);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           }
-          // dL/dh̃ = dL/d(W_hr h̃) W_hr
-          gemm_rowmajor<scalar_t>(false, false, B, H, R, 1, step.dproj, R,
-                                  w_hr.data_ptr<scalar_t>(), H, 0, dhtil.data_ptr<scalar_t>(), H);
+          at::mm_out(dhtil, dproj_t, w_hr);  // dL/dh̃ = dL/d(W_hr h̃) W_hr
         }
         if (cell_blocks > 0) {
           backward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>
               <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
-        // dL/dĥ_{s-1} = da_t Ŵ_hh
-        gemm_rowmajor<scalar_t>(false, false, B, R, 4 * H, 1, da_t, 4 * H,
-                                w_hh.data_ptr<scalar_t>(), R, 0, dhhat.data_ptr<scalar_t>(), R);
+        at::mm_out(dhhat, da_t, w_hh);  // dL/dĥ_{s-1} = da_t Ŵ_hh
       }
     });
   });
