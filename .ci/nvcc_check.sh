@@ -9,7 +9,8 @@
 # The flags are those torch.utils.cpp_extension and setup.py pass to nvcc.
 #
 # Prints PASS/FAIL per file; exits non-zero when any file fails to compile. Set
-# RNNFUSED_NVCC_WERROR=1 to fail on warnings in our own sources as well.
+# RNNFUSED_NVCC_WERROR=1 to fail on warnings in our own sources as well, RNNFUSED_NVCC_OBJDIR=dir
+# to keep the objects and logs, RNNFUSED_NVCC_FLAGS to add flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -58,7 +59,15 @@ for spec in specs:
         members = [m for m in whl.namelist() if wanted.match(m) and not m.endswith("/")]
         whl.extractall(dest, members)
         print(f"  {os.path.basename(found[-1])}: {len(members)} headers")
+        if stem == "torch":  # the libraries an extension links, for their exported symbols
+            libs = [f"torch/lib/lib{n}.so" for n in ("c10", "c10_cuda", "torch_cpu", "torch_cuda")]
+            whl.extractall(os.path.join(dest, "libs"), libs)
 PY
+  if command -v nm >/dev/null; then
+    for lib in "$cache"/include-root/libs/torch/lib/*.so; do nm -D --defined-only "$lib"; done \
+      | awk '{print $3}' | sort -u >"$cache/include-root/torch-exports.txt"
+  fi
+  rm -rf "$cache/include-root/libs"
   touch "$stamp"
   rm -rf "$cache/wheels"  # 1.3 GB of libraries; the headers are all that is kept
 fi
@@ -80,12 +89,30 @@ status=0
 shopt -s nullglob
 sources=(csrc/*.cu)
 [ ${#sources[@]} -gt 0 ] || { echo "nvcc_check: no csrc/*.cu to compile"; exit 0; }
-obj=$(mktemp -d)
-trap 'rm -rf "$obj"' EXIT
+if [ -n "${RNNFUSED_NVCC_OBJDIR:-}" ]; then  # keep the objects (e.g. to inspect their symbols)
+  obj=$RNNFUSED_NVCC_OBJDIR
+  mkdir -p "$obj"
+else
+  obj=$(mktemp -d)
+  trap 'rm -rf "$obj"' EXIT
+fi
 for src in "${sources[@]}"; do
   t0=$(date +%s)
   log="$obj/$(basename "$src").log"
   if "$nvcc" "${flags[@]}" "${includes[@]}" -c "$src" -o "$obj/$(basename "$src").o" >"$log" 2>&1; then
+    # Every torch symbol the object needs must be exported by torch's libraries (at::cuda::blas,
+    # for one, is not): otherwise the extension builds but fails to load.
+    exports="$root/torch-exports.txt"
+    if [ -s "$exports" ] && command -v nm >/dev/null; then
+      missing=$(nm -u "$obj/$(basename "$src").o" | awk '{print $2}' | sort -u | comm -23 - "$exports" \
+                | c++filt | grep -E "^(void |[a-zA-Z_:<>]+ )?(at|c10|torch|caffe2)::" || true)
+      if [ -n "$missing" ]; then
+        echo "$missing"
+        echo "FAIL $src (uses torch symbols that libtorch does not export)"
+        status=1
+        continue
+      fi
+    fi
     # Warnings that point into our own sources (the torch headers' are not ours to fix).
     ours=$(grep -E "^(csrc/|$repo/csrc/)[^:]+\([0-9]+\)|^(csrc/|$repo/csrc/)[^:]+:[0-9]+" "$log" \
            | grep -ci warning || true)

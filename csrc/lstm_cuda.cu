@@ -396,23 +396,6 @@ __global__ void __launch_bounds__(kThreads)
 // Host side
 // ---------------------------------------------------------------------------------------------
 
-// Calls f.template operator()<kCand, kZoneC, kZoneH>() with the switches of this plan.
-template <typename F>
-void dispatch_switches(const LayerPlan& plan, F&& f) {
-  const int code = (plan.candidate_dropout() ? 4 : 0) | (plan.zoneout_c() ? 2 : 0) |
-                   (plan.zoneout_h() ? 1 : 0);
-  switch (code) {
-    case 0: f.template operator()<false, false, false>(); break;
-    case 1: f.template operator()<false, false, true>(); break;
-    case 2: f.template operator()<false, true, false>(); break;
-    case 3: f.template operator()<false, true, true>(); break;
-    case 4: f.template operator()<true, false, false>(); break;
-    case 5: f.template operator()<true, false, true>(); break;
-    case 6: f.template operator()<true, true, false>(); break;
-    default: f.template operator()<true, true, true>(); break;
-  }
-}
-
 void check_cuda_device(const Tensor& input) {
   TORCH_CHECK_VALUE(input.is_cuda(), "rnnfused: the CUDA kernels need input on a CUDA device, "
                     "got ", input.device());

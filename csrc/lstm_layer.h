@@ -58,6 +58,25 @@ struct LayerPlan {
   double inv_keep(MaskKind kind) const { return 1.0 / (1.0 - rate[kind]); }
 };
 
+// Calls f.template operator()<kCand, kZoneC, kZoneH>() with the compile-time switches of the
+// pointwise passes (candidate dropout, zoneout on c, zoneout on h) that this plan needs, so an
+// unregularized call runs code with no mask in it.
+template <typename F>
+void dispatch_switches(const LayerPlan& plan, F&& f) {
+  const int code = (plan.candidate_dropout() ? 4 : 0) | (plan.zoneout_c() ? 2 : 0) |
+                   (plan.zoneout_h() ? 1 : 0);
+  switch (code) {
+    case 0: f.template operator()<false, false, false>(); break;
+    case 1: f.template operator()<false, false, true>(); break;
+    case 2: f.template operator()<false, true, false>(); break;
+    case 3: f.template operator()<false, true, true>(); break;
+    case 4: f.template operator()<true, false, false>(); break;
+    case 5: f.template operator()<true, false, true>(); break;
+    case 6: f.template operator()<true, true, false>(); break;
+    default: f.template operator()<true, true, true>(); break;
+  }
+}
+
 // Checks every argument (shape, dtype, device, ranges) with a message naming it, and plans.
 LayerPlan plan_forward(const Tensor& input, const Tensor& h0, const Tensor& c0,
                        const Tensor& weight_ih, const Tensor& weight_hh,
