@@ -1,0 +1,117 @@
+"""One configuration, every variant: same inputs, interleaved timing, one result row per variant.
+
+Shared by run.py (the side-by-side table) and scaling.py (the sweeps). Every module stays in training
+mode, so the regularizers are applied both in the forward-only timing (under torch.no_grad()) and in
+the forward+backward timing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+import _timing
+import variants
+
+COMPILED = "compile-loop-reg"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+
+def _calls(m: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Callable[[], None]]:
+    params = list(m.parameters())
+
+    def fwd():
+        with torch.no_grad():
+            m(x)
+
+    def fwdbwd():
+        x.grad = None
+        for p in params:
+            p.grad = None
+        out, _ = m(x)
+        out.backward(grad)
+
+    return {"fwd": fwd, "fwdbwd": fwdbwd}
+
+
+def _timed_out(e: BaseException | None) -> bool:
+    while e is not None:
+        if isinstance(e, _timing.TimeLimitExceeded) or "TimeLimitExceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _compile(m: torch.nn.Module, calls_of, modes, budget_s: float):
+    """torch.compile(m); returns (compiled module, seconds spent compiling every mode we time)."""
+    torch._dynamo.reset()
+    cm = torch.compile(m, dynamic=False)
+    t0 = time.perf_counter()
+    with _timing.time_limit(budget_s):
+        calls = calls_of(cm)
+        for mode in modes:  # fwd (no_grad) and fwd+bwd compile separate graphs
+            calls[mode]()
+    return cm, time.perf_counter() - t0
+
+
+def measure_config(cfg: dict, names: list[str], *, dtype: str, device: torch.device, warmup: int,
+                   repeats: int, budget_s: float | None, compile_budget_s: float | None,
+                   modes=("fwd", "fwdbwd"),
+                   compile_skip_reason: str = "torch.compile skipped (--no-compile, or --quick)",
+                   log=print) -> tuple[list[dict], list[dict]]:
+    """Times `names` on one (T, B, I, H); returns (result rows, skipped variants with reasons)."""
+    T, B, I, H = cfg["T"], cfg["B"], cfg["I"], cfg["H"]
+    torch_dtype = DTYPES[dtype]
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(T, B, I, generator=gen).to(device=device, dtype=torch_dtype).requires_grad_()
+    grad = torch.randn(T, B, H, generator=gen).to(device=device, dtype=torch_dtype)
+    ref = variants.reference_lstm(T, B, I, H, dtype=torch_dtype, device=device)
+
+    modules, skipped, compile_s = {}, [], {}
+    for name in names:
+        try:
+            if name == COMPILED and not compile_budget_s:
+                raise variants.Unavailable(compile_skip_reason)
+            m = variants.build(name, ref)
+            if name == COMPILED:
+                log(f"  compiling {name} (budget {compile_budget_s:.0f} s)")
+                m, compile_s[name] = _compile(m, lambda cm: _calls(cm, x, grad), modes,
+                                              compile_budget_s)
+            calls = _calls(m, x, grad)
+            for mode in modes:  # one checked call each: a variant that fails is skipped, not fatal
+                calls[mode]()
+            modules[name] = m
+        except variants.Unavailable as e:
+            skipped.append({"variant": name, "reason": str(e)})
+        except Exception as e:  # e.g. a dtype the implementation does not support
+            if _timed_out(e):  # inductor may wrap our TimeLimitExceeded in its own error
+                torch._dynamo.reset()
+                reason = f"torch.compile exceeded the {compile_budget_s:.0f} s budget (--compile-budget)"
+            else:
+                reason = f"failed: {type(e).__name__}: {e}"[:300]
+            skipped.append({"variant": name, "reason": reason})
+    for s in skipped:
+        log(f"  skip {s['variant']}: {s['reason']}")
+
+    fns = {(name, mode): fn for name, m in modules.items() for mode, fn in _calls(m, x, grad).items()
+           if mode in modes}
+    samples = _timing.round_robin(fns, device, warmup=warmup, repeats=repeats, budget_s=budget_s,
+                                  log=log)
+    rows = []
+    for name, m in modules.items():
+        row = {"config": dict(cfg), "dtype": dtype, "variant": name}
+        for mode in modes:
+            row[f"{mode}_ms"] = _timing.quartiles(samples[(name, mode)])
+        if "fwdbwd" in modes:
+            row["peak_mem_mb"] = _timing.peak_mem_mb(_calls(m, x, grad)["fwdbwd"], device)
+        if name in compile_s:
+            row["compile_s"] = round(compile_s[name], 2)
+        rows.append(row)
+    base = next((r for r in rows if r["variant"] == variants.BASELINE), None)
+    if base:
+        for r in rows:
+            r["vs_nn_lstm"] = {mode: round(r[f"{mode}_ms"]["median"] / base[f"{mode}_ms"]["median"], 3)
+                               for mode in modes}
+    return rows, skipped

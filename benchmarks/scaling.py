@@ -1,0 +1,95 @@
+"""Scaling study: forward+backward time per time step as T, B and H grow, one at a time.
+
+    python3 benchmarks/scaling.py --device cpu [--quick] [--out DIR]
+    python3 benchmarks/scaling.py --device cuda
+
+Each sweep changes one size of a base configuration (H sweeps set I = H) and times nn.LSTM, rnnfused,
+rnnfused-reg and cell-loop-reg on it, interleaved, as run.py does. Writes
+<out>/<device>-<name>-<date>-scaling.json plus a table (.md) and one PNG with three log-log panels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+import _harness
+import _timing
+import report
+
+VARIANTS = ["nn.LSTM", "rnnfused", "rnnfused-reg", "cell-loop-reg"]
+PLANS = {  # base (T, B, I, H) and the values each sweep takes
+    ("cpu", "full"): dict(base=dict(T=100, B=32, I=256, H=256),
+                          sweeps=dict(T=[25, 50, 100, 200, 400, 800], B=[1, 4, 16, 64, 256],
+                                      H=[64, 128, 256, 512, 1024]),
+                          warmup=2, repeats=10, budget_s=30.0),
+    ("cpu", "quick"): dict(base=dict(T=50, B=16, I=128, H=128),
+                           sweeps=dict(T=[12, 25, 50, 100, 200], B=[1, 4, 16, 64],
+                                       H=[32, 64, 128, 256, 512]),
+                           warmup=1, repeats=3, budget_s=4.0),
+    ("cuda", "full"): dict(base=dict(T=100, B=64, I=512, H=512),
+                           sweeps=dict(T=[25, 50, 100, 200, 400, 800, 1600], B=[1, 4, 16, 64, 256, 1024],
+                                       H=[128, 256, 512, 1024, 2048]),
+                           warmup=3, repeats=20, budget_s=30.0),
+    ("cuda", "quick"): dict(base=dict(T=100, B=64, I=512, H=512),
+                            sweeps=dict(T=[25, 100, 400], B=[4, 64, 256], H=[128, 512, 1024]),
+                            warmup=2, repeats=5, budget_s=5.0),
+}
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (~2 min on CPU)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device visible to torch")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = PLANS[(device.type, "quick" if args.quick else "full")]
+
+    data = _timing.provenance(device, "scaling")
+    data.update({"dtype": args.dtype, "quick": args.quick, "base": plan["base"], "sweeps": plan["sweeps"],
+                 "settings": {k: plan[k] for k in ("warmup", "repeats", "budget_s")},
+                 "metric": "fwd+bwd ms per time step (median fwd+bwd time / T), training mode",
+                 "results": [], "skipped": []})
+    t_start = time.perf_counter()
+    for sweep, values in plan["sweeps"].items():
+        for v in values:
+            cfg = dict(plan["base"], **{sweep: v})
+            if sweep == "H":
+                cfg["I"] = v
+            print(f"[{time.perf_counter() - t_start:5.0f} s] {sweep} = {v}: {cfg}", file=sys.stderr)
+            rows, skipped = _harness.measure_config(
+                cfg, VARIANTS, dtype=args.dtype, device=device, warmup=plan["warmup"],
+                repeats=plan["repeats"], budget_s=plan["budget_s"], compile_budget_s=None,
+                modes=("fwdbwd",), log=lambda msg: None)
+            for r in rows:
+                r["sweep"] = sweep
+                r["per_step_ms"] = round(r["fwdbwd_ms"]["median"] / cfg["T"], 5)
+            data["results"] += rows
+            data["skipped"] += [dict(config=cfg, sweep=sweep, **k) for k in skipped]
+    data["wall_s"] = round(time.perf_counter() - t_start, 1)
+
+    os.makedirs(args.out, exist_ok=True)
+    suffix = ("" if args.dtype == "float32" else f"-{args.dtype}") + ("-quick" if args.quick else "") + "-scaling"
+    path = os.path.join(args.out, _timing.results_stem(device, suffix) + ".json")
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    md_path, png_path = report.render(path)
+    print(open(md_path).read())
+    print(f"wrote {path}\n      {md_path}\n      {png_path}  ({data['wall_s']} s)", file=sys.stderr)
+    return path
+
+
+if __name__ == "__main__":
+    main()
