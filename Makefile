@@ -2,11 +2,12 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: deps build test demo bench-cpu clean
+.PHONY: deps build test demo bench-cpu perf-readme clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==$(TORCH_VERSION)
-	@$(PYTHON) -c "import numpy, pytest, matplotlib" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest matplotlib
+	@$(PYTHON) -c "import numpy, pytest, matplotlib, sklearn, statsmodels, tqdm, ninja" 2>/dev/null || \
+		$(PYTHON) -m pip install -q numpy pytest matplotlib scikit-learn statsmodels tqdm ninja
 
 # Builds rnnfused._C in place; the lock keeps concurrent builds in one tree from clobbering each other.
 # Rebuilds everything when setup.py changed (flags are not tracked by build_ext).
@@ -22,6 +23,10 @@ demo: build
 
 bench-cpu: build
 	$(PYTHON) benchmarks/run.py --device cpu
+	$(PYTHON) benchmarks/scaling.py --device cpu --quick
+
+perf-readme:
+	$(PYTHON) benchmarks/report.py --readme README.md
 
 clean:
 	rm -rf build rnnfused/_C*.so *.egg-info

@@ -68,7 +68,12 @@ def extension():
 def build_ext_class():
     from torch.utils.cpp_extension import BuildExtension
 
-    return BuildExtension.with_options(use_ninja=False)
+    try:  # ninja compiles the sources in parallel
+        import ninja  # noqa: F401
+        use_ninja = True
+    except ImportError:
+        use_ninja = False
+    return BuildExtension.with_options(use_ninja=use_ninja)
 
 
 setup(

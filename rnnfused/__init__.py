@@ -5,13 +5,18 @@ replacement for torch.nn.LSTM.
     rnnfused.LSTM            the module (nn.LSTM's API plus the regularization rates)
     rnnfused.functional      one fused layer (lstm_layer), its masks (lstm_masks), draw_seed
     rnnfused.reference       the pure-PyTorch oracle of the same math
+    rnnfused.regularization  the regularizers that live outside the recurrence (AWD-LSTM's
+                             locked and embedding dropout, AR/TAR, early stopping)
 """
-from . import _ops, functional, reference
+from . import _ops, functional, reference, regularization
 from ._ops import has_cuda_kernels
 from .functional import draw_seed, lstm_layer, lstm_masks
 from .modules import LSTM
+from .regularization import (EarlyStopping, EmbeddingDropout, LockedDropout, ar_loss,
+                             embedding_dropout, tar_loss)
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "functional", "reference", "lstm_layer", "lstm_masks", "draw_seed",
-           "has_cuda_kernels", "__version__"]
+__all__ = ["LSTM", "functional", "reference", "regularization", "lstm_layer", "lstm_masks",
+           "draw_seed", "has_cuda_kernels", "LockedDropout", "EmbeddingDropout",
+           "embedding_dropout", "EarlyStopping", "ar_loss", "tar_loss", "__version__"]

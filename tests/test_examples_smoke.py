@@ -1,0 +1,100 @@
+"""The examples run: each one's --smoke mode end to end in a subprocess, into a temporary directory.
+
+Each run must exit 0, print its ``RESULT key=value ...`` line and write its plot. Examples whose optional
+dependency is missing (scikit-learn, statsmodels) are skipped with the reason. Also checks the WikiText-2
+copy that ships inside the package loads with the published token counts.
+"""
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+LM = EXAMPLES / "word_language_model"
+
+
+def run_example(script: Path, *args: str, cwd: Path, timeout: float = 240) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")        # tiny models: threads only add overhead
+    env["MPLBACKEND"] = "Agg"
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 1, f"expected one RESULT line, got:\n{proc.stdout}"
+    fields = dict(kv.split("=", 1) for kv in results[0].split()[1:])
+    fields["stdout"] = proc.stdout
+    return fields
+
+
+def needs(module: str):
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
+                              reason=f"this example needs {module} (pip install {module.replace('sklearn', 'scikit-learn')})")
+
+
+def test_wikitext2_ships_inside_the_package_with_its_license():
+    from rnnfused.data import WIKITEXT2_DIR, Corpus, batchify
+
+    readme = (WIKITEXT2_DIR / "README.md").read_text()
+    assert "CC BY-SA 3.0" in readme and "Merity" in readme
+    corpus = Corpus()
+    assert len(corpus.dictionary) == 33278
+    assert (corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()) == (2088628, 217646, 245569)
+    assert corpus.train.dtype == torch.long
+    eos = corpus.dictionary.word2idx["<eos>"]
+    assert corpus.test[-1].item() == eos
+    batched = batchify(corpus.valid, 10)
+    assert batched.shape == (217646 // 10, 10)
+    assert torch.equal(batched[:, 1], corpus.valid[217646 // 10: 2 * (217646 // 10)])   # columns are contiguous
+
+
+def test_word_language_model_smoke_resume_and_generate(tmp_path):
+    out = tmp_path / "lm"
+    first = run_example(LM / "main.py", "--smoke", "--out-dir", str(out), "--no-progress", cwd=tmp_path)
+    assert first["lstm"] == "rnnfused" and first["epochs"] == "2"
+    assert math.isfinite(float(first["test_ppl"]))
+    for name in ("checkpoint.pt", "model.pt", "learning_curve.png", "history.json"):
+        assert (out / name).exists(), name
+
+    resumed = run_example(LM / "main.py", "--smoke", "--out-dir", str(out), "--no-progress", "--resume",
+                          "--epochs", "3", "--patience", "5", cwd=tmp_path)
+    assert "resumed from" in resumed["stdout"] and resumed["epochs"] == "3"
+
+    for lstm in ("rnnfused", "torch"):      # rnnfused-trained weights load into torch.nn.LSTM too
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        proc = subprocess.run([sys.executable, str(LM / "generate.py"), "--checkpoint", str(out / "model.pt"),
+                               "--words", "12", "--temperature", "0.8", "--lstm", lstm],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert len(proc.stdout.split()) >= 6
+
+
+def test_word_language_model_smoke_with_torch_lstm(tmp_path):
+    result = run_example(LM / "main.py", "--smoke", "--lstm", "torch", "--out-dir", str(tmp_path / "lm"),
+                         "--no-progress", cwd=tmp_path)
+    assert result["lstm"] == "torch"
+    assert "cannot apply" in result["stdout"]          # says which regularizers torch.nn.LSTM lacks
+
+
+@needs("sklearn")
+def test_digits_classifier_smoke(tmp_path):
+    result = run_example(EXAMPLES / "digits_classifier" / "main.py", "--smoke", "--out-dir", str(tmp_path),
+                         cwd=tmp_path)
+    assert 0.0 <= float(result["test_acc"]) <= 1.0
+    assert (tmp_path / "confusion_matrix.png").exists()
+
+
+@needs("statsmodels")
+def test_forecasting_smoke(tmp_path):
+    result = run_example(EXAMPLES / "forecasting" / "main.py", "--smoke", "--out-dir", str(tmp_path), cwd=tmp_path)
+    for key in ("lstm_mae", "persistence_mae", "seasonal_mae", "lstm_rmse"):
+        assert math.isfinite(float(result[key])), key
+    assert (tmp_path / "forecast.png").exists()
