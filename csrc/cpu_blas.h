@@ -19,6 +19,14 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's packed GEMM (CBLAS enums as ints: RowMajor 101, NoTrans 111, Trans 112, Packed 151,
+// BMatrix 162): the recurrent weights are packed once per call instead of once per step.
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
 }
 
 namespace rnnfused {
@@ -70,5 +78,49 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
     C.mul_(beta).add_(prod, alpha);
   }
 }
+
+// The right operand op(B) of C = A op(B) + beta C, fixed for a whole time loop: packed once by
+// MKL when it is there (float), else used as it is by gemm_rowmajor. Row-major, as above.
+template <typename scalar_t>
+class FixedRightOperand {
+ public:
+  FixedRightOperand(bool trans_b, int64_t m, int64_t n, int64_t k, const scalar_t* b, int64_t ldb)
+      : trans_b_(trans_b), m_(m), n_(n), k_(k), b_(b), ldb_(ldb) {
+    constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const bool fits = m <= kIntMax && n <= kIntMax && k <= kIntMax && ldb <= kIntMax;
+      if (fits && m > 0 && n > 0 && k > 0 && cblas_sgemm_pack_get_size != nullptr &&
+          cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr) {
+        const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(m), int(n), int(k));
+        packed_ = at::empty({static_cast<int64_t>(bytes / sizeof(float)) + 1},
+                            at::TensorOptions().dtype(at::kFloat));
+        cblas_sgemm_pack(kRowMajor, kBMatrix, trans_b ? kTrans : kNoTrans, int(m), int(n),
+                         int(k), 1.0f, b, int(ldb), packed_.data_ptr<float>());
+      }
+    }
+  }
+
+  // C (m x n) = A (m x k, row stride lda) op(B) + beta C.
+  void gemm(const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c, int64_t ldc) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (packed_.defined()) {
+        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(m_), int(n_), int(k_), a, int(lda),
+                            packed_.data_ptr<float>(), int(ldb_), beta, c, int(ldc));
+        return;
+      }
+    }
+    gemm_rowmajor<scalar_t>(false, trans_b_, m_, n_, k_, scalar_t(1), a, lda, b_, ldb_, beta, c,
+                            ldc);
+  }
+
+ private:
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151,
+                       kBMatrix = 162;
+  bool trans_b_;
+  int64_t m_, n_, k_;
+  const scalar_t* b_;
+  int64_t ldb_;
+  at::Tensor packed_;
+};
 
 }  // namespace rnnfused

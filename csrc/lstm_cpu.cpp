@@ -399,6 +399,8 @@ ForwardResult lstm_forward_cpu(const Tensor& input_, const Tensor& h0, const Ten
     const scalar_t* mh_p = ptr_or_null<scalar_t>(mh);
     const int64_t* len_p = plan.has_lengths ? len.data_ptr<int64_t>() : nullptr;
 
+    // a_t += ĥ_{t-1} Ŵ_hh^T every step, with Ŵ_hh packed once.
+    const FixedRightOperand<scalar_t> recurrent(true, B, 4 * H, R, w_hh.data_ptr<scalar_t>(), R);
     dispatch_switches(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       const CpuLayer<scalar_t, kCand, kZoneC, kZoneH> cpu{plan, len_p};
       for (int64_t s = 0; s < T; ++s) {
@@ -410,8 +412,7 @@ ForwardResult lstm_forward_cpu(const Tensor& input_, const Tensor& h0, const Ten
         const scalar_t* hhat_prev = mh_p ? hhat.data_ptr<scalar_t>() + (s % 2) * B * R : buf.h_prev;
         scalar_t* hhat_next = mh_p ? hhat.data_ptr<scalar_t>() + ((s + 1) % 2) * B * R : nullptr;
         scalar_t* pre = xp.data_ptr<scalar_t>() + t * B * 4 * H;
-        gemm_rowmajor<scalar_t>(false, true, B, 4 * H, R, 1, hhat_prev, R,
-                                w_hh.data_ptr<scalar_t>(), R, 1, pre, 4 * H);
+        recurrent.gemm(hhat_prev, R, 1, pre, 4 * H);
         scalar_t* out_t = output.data_ptr<scalar_t>() + t * B * R;
         cpu.forward_cell(t, pre, bias.data_ptr<scalar_t>(), buf,
                          need_workspace ? gates.data_ptr<scalar_t>() + t * B * 4 * H : nullptr,
@@ -475,6 +476,8 @@ BackwardResult lstm_backward_cpu(const Tensor& grad_output_, const Tensor& grad_
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_backward_cpu", [&] {
     const scalar_t* mh_p = ptr_or_null<scalar_t>(mh);
     const int64_t* len_p = plan.has_lengths ? len.data_ptr<int64_t>() : nullptr;
+    // dL/dĥ = da_t Ŵ_hh every step, with Ŵ_hh packed once.
+    const FixedRightOperand<scalar_t> recurrent(false, B, R, 4 * H, w_hh.data_ptr<scalar_t>(), R);
     dispatch_switches(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       const CpuLayer<scalar_t, kCand, kZoneC, kZoneH> cpu{plan, len_p};
       for (int64_t s = T - 1; s >= 0; --s) {
@@ -499,8 +502,7 @@ BackwardResult lstm_backward_cpu(const Tensor& grad_output_, const Tensor& grad_
                             dhhat_p, mh_p, dc.data_ptr<scalar_t>(), da_t, nullptr);
         }
         // dL/dĥ_{s-1} = da_t Ŵ_hh
-        gemm_rowmajor<scalar_t>(false, false, B, R, 4 * H, 1, da_t, 4 * H,
-                                w_hh.data_ptr<scalar_t>(), R, 0, dhhat.data_ptr<scalar_t>(), R);
+        recurrent.gemm(da_t, 4 * H, 0, dhhat.data_ptr<scalar_t>(), R);
       }
     });
   });
