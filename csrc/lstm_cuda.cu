@@ -551,7 +551,7 @@ BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad
                     has_bias);
   check_cuda_device(input);
   const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  const int64_t T = plan.T, B = plan.B, H = plan.H, R = plan.R;
   const auto opts = input.options();
   // The gradients carried from step to step stay in the compute precision (float for
   // half/bfloat16); what a GEMM reads or writes is in the storage dtype.
@@ -624,24 +624,8 @@ BackwardResult lstm_backward_cuda(const Tensor& grad_output_, const Tensor& grad
   grad_h0 = grad_h0.to(input.scalar_type());
   Tensor grad_c0 = dc.to(input.scalar_type());
 
-  // Weight and input gradients, each one GEMM over all steps.
-  const Tensor da2 = da.view({T * B, 4 * H});
-  Tensor xhat = input.contiguous();
-  if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
-  Tensor grad_input = at::mm(da2, weight_ih.contiguous()).view({T, B, I});
-  if (seq.input_scale.defined()) grad_input.mul_(seq.input_scale.unsqueeze(0));
-  Tensor grad_weight_ih = at::mm(da2.t(), xhat.view({T * B, I}));
-  // ĥ_{t-1}: the state each step read, in input order, with its recurrent-dropout mask.
-  Tensor hprev = hs.narrow(0, 0, T);
-  if (plan.reverse) hprev = hprev.flip(0);
-  if (mh.defined()) hprev = hprev * mh.unsqueeze(0);
-  Tensor grad_weight_hh = at::mm(da2.t(), hprev.reshape({T * B, R}));
-  if (seq.weight_scale.defined()) grad_weight_hh.mul_(seq.weight_scale);
-  Tensor grad_bias = plan.has_bias ? da2.sum(0) : at::empty({0}, opts);
-  Tensor grad_weight_hr = plan.has_proj
-                              ? at::mm(dproj.view({T * B, R}).t(), htil.view({T * B, H}))
-                              : at::empty({0}, opts);
-  return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr};
+  return input_and_weight_gradients(plan, seq, input, weight_ih, da, hs, dproj, htil,
+                                    std::move(grad_h0), std::move(grad_c0));
 }
 
 TORCH_LIBRARY_IMPL(rnnfused, CUDA, m) {

@@ -103,6 +103,15 @@ struct SequenceMasks {
 };
 SequenceMasks sequence_masks(const LayerPlan& plan, at::ScalarType dtype);
 
+// The end of backward on any device, after the time loop: the input, weight and bias
+// gradients, each one GEMM (or reduction) over all steps.
+//   da (T, B, 4H): dL/da_t by input position; hs: the forward workspace (processing order);
+//   dproj (T, B, P), htil (T, B, H): with a projection, dL/d(W_hr h̃) and h̃; else undefined
+BackwardResult input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks& seq,
+                                          const Tensor& input, const Tensor& weight_ih,
+                                          const Tensor& da, const Tensor& hs, const Tensor& dproj,
+                                          const Tensor& htil, Tensor grad_h0, Tensor grad_c0);
+
 ForwardResult lstm_forward_cpu(const Tensor& input, const Tensor& h0, const Tensor& c0,
                                const Tensor& weight_ih, const Tensor& weight_hh,
                                const c10::optional<Tensor>& bias_ih,

@@ -207,6 +207,32 @@ _Pragma("omp simd")
   return out;
 }
 
+BackwardResult input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks& seq,
+                                          const Tensor& input, const Tensor& weight_ih,
+                                          const Tensor& da, const Tensor& hs, const Tensor& dproj,
+                                          const Tensor& htil, Tensor grad_h0, Tensor grad_c0) {
+  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  const auto opts = input.options();
+  const Tensor da2 = da.view({T * B, 4 * H});
+  Tensor xhat = input.contiguous();
+  if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
+  Tensor grad_input = at::mm(da2, weight_ih.contiguous()).view({T, B, I});
+  if (seq.input_scale.defined()) grad_input.mul_(seq.input_scale.unsqueeze(0));
+  Tensor grad_weight_ih = at::mm(da2.t(), xhat.view({T * B, I}));
+  // ĥ_{t-1}: the state each step read, in input order, with its recurrent-dropout mask.
+  Tensor hprev = hs.narrow(0, 0, T);
+  if (plan.reverse) hprev = hprev.flip(0);
+  if (seq.recurrent_scale.defined()) hprev = hprev * seq.recurrent_scale.unsqueeze(0);
+  Tensor grad_weight_hh = at::mm(da2.t(), hprev.reshape({T * B, R}));
+  if (seq.weight_scale.defined()) grad_weight_hh.mul_(seq.weight_scale);
+  Tensor grad_bias = plan.has_bias ? da2.sum(0) : at::empty({0}, opts);
+  Tensor grad_weight_hr = plan.has_proj
+                              ? at::mm(dproj.view({T * B, R}).t(), htil.view({T * B, H}))
+                              : at::empty({0}, opts);
+  return {grad_input,     std::move(grad_h0), std::move(grad_c0), grad_weight_ih,
+          grad_weight_hh, grad_bias,          grad_weight_hr};
+}
+
 std::vector<Tensor> lstm_masks(int64_t seed, int64_t T, int64_t B, int64_t I, int64_t H,
                                int64_t R, int64_t layer, bool reverse,
                                at::ArrayRef<double> rates, at::ScalarType dtype) {
