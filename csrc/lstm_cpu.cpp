@@ -427,16 +427,7 @@ ForwardResult lstm_forward_cpu(const Tensor& input_, const Tensor& h0, const Ten
     });
   });
 
-  const int64_t last = need_workspace ? T : T % 2;
-  Tensor h_n = hs[last].clone();
-  Tensor c_n = cs[last].clone();
-  if (!need_workspace) {  // four distinct empty outputs: the schema declares no aliasing
-    gates = at::empty({0}, opts);
-    hs = at::empty({0}, opts);
-    cs = at::empty({0}, opts);
-    ctil = at::empty({0}, opts);
-  }
-  return {output, h_n, c_n, gates, hs, cs, ctil};
+  return finish_forward(plan, need_workspace, output, gates, hs, cs, ctil);
 }
 
 BackwardResult lstm_backward_cpu(const Tensor& grad_output_, const Tensor& grad_h_n,

@@ -103,6 +103,12 @@ struct SequenceMasks {
 };
 SequenceMasks sequence_masks(const LayerPlan& plan, at::ScalarType dtype);
 
+// The end of forward on any device: h_n and c_n copied out of the state sequences (hs/cs hold
+// T+1 steps with the workspace, two rolling ones without), and four distinct empty workspace
+// outputs when none was kept (the schema declares no aliasing between outputs).
+ForwardResult finish_forward(const LayerPlan& plan, bool need_workspace, Tensor output,
+                             Tensor gates, Tensor hs, Tensor cs, Tensor ctil);
+
 // The end of backward on any device, after the time loop: the input, weight and bias
 // gradients, each one GEMM (or reduction) over all steps.
 //   da (T, B, 4H): dL/da_t by input position; hs: the forward workspace (processing order);

@@ -207,6 +207,22 @@ _Pragma("omp simd")
   return out;
 }
 
+ForwardResult finish_forward(const LayerPlan& plan, bool need_workspace, Tensor output,
+                             Tensor gates, Tensor hs, Tensor cs, Tensor ctil) {
+  const int64_t last = need_workspace ? plan.T : plan.T % 2;
+  Tensor h_n = hs[last].clone();
+  Tensor c_n = cs[last].clone();
+  if (!need_workspace) {
+    const auto opts = output.options();
+    gates = at::empty({0}, opts);
+    hs = at::empty({0}, opts);
+    cs = at::empty({0}, opts);
+    ctil = at::empty({0}, opts);
+  }
+  return {std::move(output), std::move(h_n), std::move(c_n), std::move(gates), std::move(hs),
+          std::move(cs), std::move(ctil)};
+}
+
 BackwardResult input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks& seq,
                                           const Tensor& input, const Tensor& weight_ih,
                                           const Tensor& da, const Tensor& hs, const Tensor& dproj,

@@ -149,3 +149,16 @@ def layer_rates(rates, k):
     for name, value in rates.items():
         out[name] = float(value[k] if isinstance(value, (list, tuple)) else value)
     return out
+
+
+# One setting per regularizer alone, none, and all at once; tests parametrize over these.
+REGULARIZERS = {
+    "none": NO_RATES,
+    "all": ALL_RATES,
+    "input_dropout": dict(NO_RATES, input_dropout=0.4),
+    "recurrent_dropout": dict(NO_RATES, recurrent_dropout=0.4),
+    "weight_drop": dict(NO_RATES, weight_drop=0.5),
+    "candidate_dropout": dict(NO_RATES, candidate_dropout=0.3),
+    "zoneout_c": dict(NO_RATES, zoneout_c=0.3),
+    "zoneout_h": dict(NO_RATES, zoneout_h=0.3),
+}

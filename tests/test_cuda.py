@@ -13,6 +13,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfused
+from conftest import REGULARIZERS as BASE_REGULARIZERS
 from conftest import ALL_RATES, NO_RATES, grads, layer_args, make_layer_inputs, random_lengths, weighted_sum
 from rnnfused import functional as F
 from rnnfused import reference
@@ -25,17 +26,7 @@ pytestmark = [
 SEED = 20240611
 CUDA = torch.device("cuda")
 
-REGULARIZERS = {
-    "none": NO_RATES,
-    "all": ALL_RATES,
-    "all_but_zoneout_h": dict(ALL_RATES, zoneout_h=0.0),
-    "input_dropout": dict(NO_RATES, input_dropout=0.4),
-    "recurrent_dropout": dict(NO_RATES, recurrent_dropout=0.4),
-    "weight_drop": dict(NO_RATES, weight_drop=0.5),
-    "candidate_dropout": dict(NO_RATES, candidate_dropout=0.3),
-    "zoneout_c": dict(NO_RATES, zoneout_c=0.3),
-    "zoneout_h": dict(NO_RATES, zoneout_h=0.3),
-}
+REGULARIZERS = dict(BASE_REGULARIZERS, all_but_zoneout_h=dict(ALL_RATES, zoneout_h=0.0))
 
 
 @pytest.fixture(autouse=True)

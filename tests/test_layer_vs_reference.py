@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import ALL_RATES, NO_RATES, assert_close, grads, layer_args, make_layer_inputs, random_lengths, \
+from conftest import ALL_RATES, NO_RATES, REGULARIZERS, assert_close, grads, layer_args, make_layer_inputs, random_lengths, \
     weighted_sum
 from rnnfused import functional as F
 from rnnfused import reference
@@ -18,16 +18,6 @@ SEED = 20240611
 # (T, B, I, H, P): odd sizes, and the degenerate ones B = 1, H = 1, T = 1.
 SIZES = [(5, 3, 4, 6, 0), (1, 2, 3, 4, 0), (4, 1, 2, 3, 0), (3, 2, 2, 1, 0), (6, 4, 5, 7, 3), (4, 3, 1, 5, 1)]
 
-REGULARIZERS = {
-    "none": NO_RATES,
-    "all": ALL_RATES,
-    "input_dropout": dict(NO_RATES, input_dropout=0.4),
-    "recurrent_dropout": dict(NO_RATES, recurrent_dropout=0.4),
-    "weight_drop": dict(NO_RATES, weight_drop=0.5),
-    "candidate_dropout": dict(NO_RATES, candidate_dropout=0.3),
-    "zoneout_c": dict(NO_RATES, zoneout_c=0.3),
-    "zoneout_h": dict(NO_RATES, zoneout_h=0.3),
-}
 
 
 def refuses_proj_with_zoneout_h(P, rates):
