@@ -148,6 +148,12 @@ def embedding_dropout(embed: nn.Embedding, words: torch.Tensor, p: float, traini
     if training and p > 0.0:
         keep = 1.0 - p
         mask = weight.new_empty((weight.size(0), 1)).bernoulli_(keep).div_(keep)
+        if scale is None and embed.max_norm is None:
+            # The same function, but the mask meets only the looked-up rows: masking the whole (V, d)
+            # matrix costs two V*d passes per step, which for a 33k-word vocabulary outweighs the lookup.
+            rows = F.embedding(words, weight, embed.padding_idx, None, embed.norm_type,
+                               embed.scale_grad_by_freq, embed.sparse)
+            return rows * F.embedding(words, mask)
         weight = weight * mask
     if scale is not None:
         weight = scale.expand_as(weight) * weight

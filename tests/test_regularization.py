@@ -149,6 +149,23 @@ def test_embedding_dropout_state_dict_is_nn_embeddings():
     assert shared.weight is plain.weight
 
 
+def test_embedding_dropout_masking_rows_equals_masking_the_matrix():
+    # The fast path masks only the looked-up rows; with the same RNG state it must give AWD-LSTM's
+    # whole-matrix result, value and gradient, bit for bit (the scale= path still masks the matrix).
+    emb = nn.Embedding(300, 5).double()
+    words = torch.randint(0, 300, (9, 4))
+    torch.manual_seed(7)
+    fast = embedding_dropout(emb, words, p=0.3)
+    (fast * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    grad_fast, emb.weight.grad = emb.weight.grad.clone(), None
+    torch.manual_seed(7)
+    whole = embedding_dropout(emb, words, p=0.3, scale=torch.ones((), dtype=torch.float64))
+    (whole * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    assert torch.equal(fast, whole)
+    assert torch.equal(grad_fast, emb.weight.grad)
+    assert (fast == 0).all(-1).any()                  # something was dropped
+
+
 def test_embedding_dropout_gradient_reaches_kept_rows_only():
     emb = nn.Embedding(200, 3)
     out = embedding_dropout(emb, torch.arange(200), p=0.5)
