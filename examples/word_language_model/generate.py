@@ -3,7 +3,7 @@
     python3 examples/word_language_model/generate.py --checkpoint runs/cpu-demo-rnnfused/model.pt \\
         --words 200 --temperature 0.8 --prompt "The game"
 
-``--temperature`` divides the logits before sampling: below 1 is more conservative, above 1 more
+``--temperature`` divides the log-probabilities before sampling: below 1 is more conservative, above 1 more
 diverse. The vocabulary and the model's configuration are read from the checkpoint (``model.pt`` or
 ``checkpoint.pt``). ``--lstm torch`` loads rnnfused-trained weights into ``torch.nn.LSTM`` (the parameter
 names are the same); in eval mode the two compute the same thing except for zoneout, whose expectation
@@ -36,6 +36,7 @@ def load_model(path, lstm: str | None = None, device: str = "cpu"):
                      dropouti=a["dropouti"], dropoute=a["dropoute"], wdrop=a["wdrop"],
                      zoneout_c=a["zoneout_c"], zoneout_h=a["zoneout_h"],
                      recurrent_dropout=a["recurrent_dropout"], candidate_dropout=a["candidate_dropout"],
+                     softmax=a.get("softmax", "full"), cutoffs=a.get("cutoffs") or (2000, 10000),
                      ignore_unsupported=True)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), vocab
@@ -67,8 +68,9 @@ def main(argv=None) -> str:
     with torch.no_grad():
         tokens = torch.tensor(prompt, device=args.device).view(-1, 1)
         for _ in range(args.words):
-            logits, hidden, _, _ = model(tokens, hidden)
-            probs = torch.softmax(logits[-1, 0].double() / args.temperature, dim=-1)
+            output, hidden, _ = model(tokens, hidden)
+            log_probs = model.decoder.log_prob(output[-1])[0]
+            probs = torch.softmax(log_probs.double() / args.temperature, dim=-1)
             idx = int(torch.multinomial(probs, 1))
             words.append(vocab[idx])
             tokens = torch.tensor([[idx]], device=args.device)

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 try:
@@ -46,31 +45,32 @@ PRESETS = {
     # Small enough for 2 CPU cores in well under 10 minutes, evaluation included. The real corpus and
     # vocabulary; each epoch trains on a different slice of the training tokens (train_fraction).
     "cpu-demo": dict(
-        emsize=200, nhid=200, nlayers=2, tied=True, batch_size=32, bptt=35, eval_batch_size=10,
-        optimizer="adam", lr=3e-3, lr_decay=2.0, wdecay=0.0, clip=0.25, epochs=3, train_fraction=0.035,
+        emsize=200, nhid=200, nlayers=2, tied=False, softmax="adaptive", cutoffs=[2000, 10000],
+        batch_size=32, bptt=35, eval_batch_size=10,
+        optimizer="adam", lr=3e-3, schedule="cosine", lr_decay=1.0, wdecay=0.0, clip=0.25, epochs=6, train_fraction=0.2,
         patience=2, dropout=0.2, dropouth=0.1, dropouti=0.2, dropoute=0.05, wdrop=0.2, zoneout=0.05,
         recurrent_dropout=0.0, candidate_dropout=0.0, alpha=2.0, beta=1.0, variable_bptt=True,
     ),
     # Zaremba et al.'s "medium" size (2x650) with AWD-LSTM's regularizers; GPU-sized.
     "medium": dict(
-        emsize=650, nhid=650, nlayers=2, tied=True, batch_size=20, bptt=35, eval_batch_size=10,
-        optimizer="sgd", lr=20.0, lr_decay=4.0, wdecay=1.2e-6, clip=0.25, epochs=40, train_fraction=1.0,
+        emsize=650, nhid=650, nlayers=2, tied=True, softmax="full", cutoffs=None, batch_size=20, bptt=35, eval_batch_size=10,
+        optimizer="sgd", lr=20.0, schedule="plateau", lr_decay=4.0, wdecay=1.2e-6, clip=0.25, epochs=40, train_fraction=1.0,
         patience=6, dropout=0.4, dropouth=0.25, dropouti=0.4, dropoute=0.1, wdrop=0.5, zoneout=0.0,
         recurrent_dropout=0.0, candidate_dropout=0.0, alpha=2.0, beta=1.0, variable_bptt=True,
     ),
     # AWD-LSTM's WikiText-2 configuration (3 layers, 400/1150/400, tied); plain SGD with learning-rate
     # decay on plateaus instead of AWD-LSTM's NT-ASGD. GPU-sized: ~600+ epochs to converge.
     "awd": dict(
-        emsize=400, nhid=1150, nlayers=3, tied=True, batch_size=80, bptt=70, eval_batch_size=10,
-        optimizer="sgd", lr=30.0, lr_decay=4.0, wdecay=1.2e-6, clip=0.25, epochs=750, train_fraction=1.0,
+        emsize=400, nhid=1150, nlayers=3, tied=True, softmax="full", cutoffs=None, batch_size=80, bptt=70, eval_batch_size=10,
+        optimizer="sgd", lr=30.0, schedule="plateau", lr_decay=4.0, wdecay=1.2e-6, clip=0.25, epochs=750, train_fraction=1.0,
         patience=20, dropout=0.4, dropouth=0.2, dropouti=0.65, dropoute=0.1, wdrop=0.5, zoneout=0.0,
         recurrent_dropout=0.0, candidate_dropout=0.0, alpha=2.0, beta=1.0, variable_bptt=True,
     ),
 }
 # CI: a tiny model, a few batches, a slice of valid/test; every regularizer on, to run every code path.
 SMOKE = dict(
-    emsize=16, nhid=24, nlayers=2, tied=True, batch_size=4, bptt=12, eval_batch_size=4, optimizer="adam",
-    lr=3e-3, lr_decay=2.0, wdecay=1e-6, clip=0.25, epochs=2, train_fraction=1.0, max_batches=4,
+    emsize=16, nhid=24, nlayers=2, tied=False, softmax="adaptive", cutoffs=[200, 2000], batch_size=4, bptt=12, eval_batch_size=4, optimizer="adam",
+    lr=3e-3, schedule="cosine", lr_decay=2.0, wdecay=1e-6, clip=0.25, epochs=2, train_fraction=1.0, max_batches=4,
     max_eval_tokens=400, patience=1, dropout=0.2, dropouth=0.1, dropouti=0.2, dropoute=0.1, wdrop=0.2,
     zoneout=0.1, recurrent_dropout=0.1, candidate_dropout=0.1, alpha=2.0, beta=1.0, variable_bptt=True,
 )
@@ -96,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--emsize", type=int)
     g.add_argument("--nhid", type=int)
     g.add_argument("--nlayers", type=int)
-    g.add_argument("--tied", action=argparse.BooleanOptionalAction, help="tie decoder and embedding weights")
+    g.add_argument("--tied", action=argparse.BooleanOptionalAction,
+                   help="tie decoder and embedding weights (--softmax full only)")
+    g.add_argument("--softmax", choices=["full", "adaptive"],
+                   help="full softmax, or the adaptive softmax of Grave et al. (cheap on a CPU)")
+    g.add_argument("--cutoffs", type=lambda s: [int(c) for c in s.split(",")],
+                   help="adaptive softmax: frequency-rank cutoffs of the clusters, e.g. 2000,10000")
 
     g = p.add_argument_group("regularization (0 turns one off)")
     g.add_argument("--dropout", type=float, help="locked dropout on the last layer's output")
@@ -115,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", choices=["sgd", "adam"])
     g.add_argument("--lr", type=float)
-    g.add_argument("--lr-decay", type=float, help="divide the learning rate by this when validation does not improve (1 = never)")
+    g.add_argument("--schedule", choices=["plateau", "cosine"],
+                   help="plateau: divide the rate by --lr-decay when validation does not improve; "
+                        "cosine: anneal it from --lr to --lr * --lr-min-ratio over all epochs")
+    g.add_argument("--lr-decay", type=float, help="plateau schedule: divide the learning rate by this when validation does not improve (1 = never)")
+    g.add_argument("--lr-min-ratio", type=float, default=0.05, help="cosine schedule: the last rate as a fraction of --lr")
     g.add_argument("--wdecay", type=float, help="weight decay")
     g.add_argument("--clip", type=float, help="gradient-norm clipping (0 = none)")
     g.add_argument("--epochs", type=int)
@@ -137,6 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     first, _ = parser.parse_known_args(argv)
     parser.set_defaults(**(SMOKE if first.smoke else PRESETS[first.preset]))
     args = parser.parse_args(argv)
+    if args.softmax == "adaptive" and args.tied:
+        parser.error("--tied needs --softmax full (the adaptive softmax has no single matrix to tie); "
+                     "add --no-tied")
     args.zoneout_c = args.zoneout if args.zoneout_c is None else args.zoneout_c
     args.zoneout_h = args.zoneout if args.zoneout_h is None else args.zoneout_h
     args.config = "smoke" if args.smoke else args.preset
@@ -150,12 +162,16 @@ def describe(args, corpus, train_rows: int) -> str:
     tokens_per_epoch = min(train_rows, int(train_rows * args.train_fraction)) * args.batch_size
     if args.max_batches:
         tokens_per_epoch = min(tokens_per_epoch, args.max_batches * args.bptt * args.batch_size)
+    softmax = ("full softmax" if args.softmax == "full"
+               else f"adaptive softmax (cutoffs {','.join(map(str, args.cutoffs))})")
+    passes = args.epochs * tokens_per_epoch / corpus.train.numel()
     lines = [f"{args.config}: {args.nlayers}-layer LSTM ({args.lstm}), emsize {args.emsize}, nhid {args.nhid}, "
-             f"{'tied' if args.tied else 'untied'} weights, vocabulary {len(corpus.dictionary):,} (full).",
+             f"{'tied' if args.tied else 'untied'} weights, {softmax}, vocabulary {len(corpus.dictionary):,} (full).",
              f"training: {args.epochs} epoch(s) at most, ~{tokens_per_epoch:,} of the {corpus.train.numel():,} "
              f"training tokens per epoch"
              + ("" if tokens_per_epoch >= corpus.train.numel() - args.batch_size
-                else f" (a different slice each epoch; {min(1.0, args.epochs * tokens_per_epoch / corpus.train.numel()):.0%} of the training set over all epochs)") + "."]
+                else f" (consecutive slices, wrapping around: {passes:.2g} passes over the training set "
+                     "in all epochs)") + "."]
     if args.max_eval_tokens:
         lines.append(f"evaluation: only the first {args.max_eval_tokens:,} tokens of valid and test (smoke).")
     else:
@@ -175,10 +191,24 @@ def evaluate(model, source: torch.Tensor, args) -> float:
     with torch.no_grad():
         for i in range(0, source.size(0) - 1, args.bptt):
             data, targets = get_batch(source, i, args.bptt)
-            logits, hidden, _, _ = model(data, hidden)
-            total += F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum").item()
+            output, hidden, _ = model(data, hidden)
+            total += model.decoder.nll(output, targets, reduction="sum").item()
             count += targets.numel()
     return total / max(count, 1)
+
+
+def scheduled_lr(args, base_lr: float, progress: float) -> float:
+    """The learning rate after ``progress`` epochs (a float: 2.5 is half-way through the third).
+
+    ``plateau``: ``base_lr``, the optimizer's rate, which the epoch loop divides by ``--lr-decay`` when
+    validation does not improve (AWD-LSTM's and PyTorch's example's rule). ``cosine``: from ``--lr`` down
+    to ``--lr * --lr-min-ratio`` over all ``--epochs`` along half a cosine, which suits a short run that
+    never reaches a plateau (Loshchilov & Hutter 2017, without restarts).
+    """
+    if args.schedule == "cosine":
+        frac = min(1.0, max(0.0, progress / args.epochs))
+        return args.lr * (args.lr_min_ratio + (1.0 - args.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+    return base_lr
 
 
 def train_epoch(model, optimizer, train_data, epoch, args, rng, show_progress: bool):
@@ -186,7 +216,7 @@ def train_epoch(model, optimizer, train_data, epoch, args, rng, show_progress: b
     start, end = epoch_window(train_data.size(0), args.train_fraction, epoch)
     hidden = model.init_hidden(args.batch_size)
     base_lr = optimizer.param_groups[0]["lr"]
-    total_loss, total_tokens, batches = 0.0, 0, 0
+    total_loss, total_tokens, batches, lr = 0.0, 0, 0, base_lr
     total = (end - start - 1) * args.batch_size
     if args.max_batches:
         total = min(total, args.max_batches * (args.bptt + 20) * args.batch_size)
@@ -195,11 +225,12 @@ def train_epoch(model, optimizer, train_data, epoch, args, rng, show_progress: b
         if args.max_batches and batches >= args.max_batches:
             break
         data, targets = get_batch(train_data, i, seq_len)
+        lr = scheduled_lr(args, base_lr, epoch - 1 + (i - start) / max(1, end - 1 - start))
         # AWD-LSTM: scale the step to the window's length, so short windows don't count as much per token.
-        optimizer.param_groups[0]["lr"] = base_lr * seq_len / args.bptt
+        optimizer.param_groups[0]["lr"] = lr * seq_len / args.bptt
         hidden = repackage_hidden(hidden)
-        logits, hidden, raw_output, output = model(data, hidden)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        output, hidden, raw_output = model(data, hidden)
+        loss = model.decoder.nll(output, targets)
         full_loss = loss + ar_loss(output, args.alpha) + tar_loss(raw_output, args.beta)
         optimizer.zero_grad(set_to_none=True)
         full_loss.backward()
@@ -213,10 +244,10 @@ def train_epoch(model, optimizer, train_data, epoch, args, rng, show_progress: b
         bar.update(targets.numel())
         if batches % args.log_interval == 0:
             mean = total_loss / total_tokens
-            bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.0f}", lr=f"{base_lr:.3g}")
+            bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.0f}", lr=f"{lr:.3g}")
     optimizer.param_groups[0]["lr"] = base_lr
     mean = total_loss / max(total_tokens, 1)
-    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.0f}", lr=f"{base_lr:.3g}")
+    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.0f}", lr=f"{lr:.3g}")
     bar.close()
     return mean, total_tokens
 
@@ -248,7 +279,8 @@ def plot_learning_curve(history, path: Path, title: str) -> bool:
 def make_optimizer(model, args):
     if args.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.wdecay)
-    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.wdecay)
+    # fused: one pass over each parameter instead of a dozen (on the CPU the default is per-tensor ops)
+    return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.wdecay, fused=True)
 
 
 def main(argv=None) -> dict:
@@ -276,6 +308,8 @@ def main(argv=None) -> dict:
                      dropouti=args.dropouti, dropoute=args.dropoute, wdrop=args.wdrop,
                      zoneout_c=args.zoneout_c, zoneout_h=args.zoneout_h,
                      recurrent_dropout=args.recurrent_dropout, candidate_dropout=args.candidate_dropout,
+                     softmax=args.softmax, cutoffs=args.cutoffs,
+                     word_counts=torch.bincount(corpus.train, minlength=len(corpus.dictionary)),
                      ignore_unsupported=True).to(device)
     if model.ignored:
         print(f"note: --lstm torch cannot apply {', '.join(f'{k}={v}' for k, v in model.ignored.items())} "
@@ -316,14 +350,14 @@ def main(argv=None) -> dict:
         valid_ppl = math.exp(valid_loss)
         improved = stopper.is_improvement(valid_ppl)
         stopper.step(valid_ppl, model)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = scheduled_lr(args, optimizer.param_groups[0]["lr"], epoch)   # the rate the epoch ended with
         history.append(dict(epoch=epoch, train_loss=train_loss, train_ppl=math.exp(train_loss),
                             valid_loss=valid_loss, valid_ppl=valid_ppl, lr=lr, train_tokens=tokens,
                             train_tok_per_s=tokens / train_time, train_s=train_time, valid_s=time.time() - t1))
         print(f"epoch {epoch:3d} | train ppl {math.exp(train_loss):8.2f} | valid ppl {valid_ppl:8.2f}"
               f"{' *' if improved else '  '} | lr {lr:.3g} | {tokens / train_time:,.0f} tok/s | "
               f"train {train_time:.0f}s, valid {time.time() - t1:.0f}s", flush=True)
-        if not improved and args.lr_decay > 1.0 and not stopper.should_stop:
+        if args.schedule == "plateau" and not improved and args.lr_decay > 1.0 and not stopper.should_stop:
             for group in optimizer.param_groups:
                 group["lr"] /= args.lr_decay
         torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
@@ -348,14 +382,16 @@ def main(argv=None) -> dict:
                        train_tokens_seen=train_tokens_seen, torch=torch.__version__), f, indent=1)
     plot = out_dir / "learning_curve.png"
     title = f"WikiText-2, {args.config}, {args.lstm} LSTM: test ppl {test_ppl:.1f}"
-    if history and plot_learning_curve(history, plot, title):
+    plotted = bool(history) and plot_learning_curve(history, plot, title)
+    if plotted:
         print(f"learning curve: {plot}")
     print(f"checkpoint: {ckpt_path} (resume with --resume); best model: {model_path}")
     print(f"sample text: python3 {Path(__file__).parent / 'generate.py'} --checkpoint {model_path}")
     tok_s = train_tokens_seen / train_seconds if train_seconds else 0.0
     print(f"RESULT example=word_language_model preset={args.config} lstm={args.lstm} epochs={len(history)} "
           f"train_tokens={train_tokens_seen} train_tok_per_s={tok_s:.0f} valid_ppl={valid_ppl:.2f} "
-          f"test_ppl={test_ppl:.2f} wall_s={wall_s:.1f} cpu_s={time.process_time():.1f}", flush=True)
+          f"test_ppl={test_ppl:.2f} wall_s={wall_s:.1f} cpu_s={time.process_time():.1f} "
+          f"history={out_dir / 'history.json'}" + (f" plot={plot}" if plotted else ""), flush=True)
     return dict(valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s)
 
 

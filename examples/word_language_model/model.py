@@ -1,4 +1,4 @@
-"""The language model: embedding -> stack of LSTM layers -> (tied) softmax decoder, AWD-LSTM style.
+"""The language model: embedding -> stack of LSTM layers -> softmax decoder, AWD-LSTM style.
 
 Merity, Keskar & Socher 2017, "Regularizing and Optimizing LSTM Language Models" (arXiv:1708.02182).
 Every regularizer is a constructor argument, 0 turns it off:
@@ -14,9 +14,13 @@ wdrop               DropConnect on the hidden-to-hidden weights (AWD)        rnn
 zoneout_c/_h        zoneout on the cell / hidden state                       rnnfused LSTM kernel
 recurrent_dropout   variational dropout on h_{t-1} (Gal & Ghahramani)        rnnfused LSTM kernel
 candidate_dropout   dropout on the candidate g_t (Semeniuta et al.)          rnnfused LSTM kernel
-tie_weights         decoder.weight is encoder.weight (Inan et al.; Press &   the model
+tie_weights         decoder.weight is encoder.weight (Inan et al.; Press &   the model (full softmax)
                     Wolf), the last layer's size is then the embedding size
 ==================  =======================================================  ==========================
+
+The decoder (``softmax.py``) is a full softmax (``softmax='full'``, tied or not) or an adaptive softmax
+(``softmax='adaptive'``, with ``cutoffs`` and the training set's ``word_counts``), which the CPU preset
+uses because the full softmax over 33,278 words is most of a small model's cost.
 
 Each layer is its own single-layer LSTM (as in AWD-LSTM) so that layers can have different sizes (tying)
 and so that the training loop gets the last layer's raw and dropped outputs for TAR and AR.
@@ -35,6 +39,8 @@ import torch
 from torch import nn
 
 from rnnfused.regularization import EmbeddingDropout, LockedDropout
+
+from softmax import AdaptiveSoftmax, FullSoftmax
 
 IN_RECURRENCE = ("wdrop", "zoneout_c", "zoneout_h", "recurrent_dropout", "candidate_dropout")
 
@@ -57,8 +63,14 @@ class RNNModel(nn.Module):
                  tie_weights: bool = True, dropout: float = 0.4, dropouth: float = 0.25,
                  dropouti: float = 0.4, dropoute: float = 0.1, wdrop: float = 0.0, zoneout_c: float = 0.0,
                  zoneout_h: float = 0.0, recurrent_dropout: float = 0.0, candidate_dropout: float = 0.0,
+                 softmax: str = "full", cutoffs=(2000, 10000), word_counts: torch.Tensor | None = None,
                  ignore_unsupported: bool = False):
         super().__init__()
+        if softmax not in ("full", "adaptive"):
+            raise ValueError(f"softmax must be 'full' or 'adaptive', got {softmax!r}")
+        if softmax == "adaptive" and tie_weights:
+            raise ValueError("tie_weights needs softmax='full': the adaptive softmax has no single output "
+                             "matrix to tie to the embedding")
         rates = dict(wdrop=wdrop, zoneout_c=zoneout_c, zoneout_h=zoneout_h,
                      recurrent_dropout=recurrent_dropout, candidate_dropout=candidate_dropout)
         self.lstm_kind = lstm
@@ -79,26 +91,31 @@ class RNNModel(nn.Module):
         self.input_drops = nn.ModuleList(
             LockedDropout(0.0 if self.kernel_locked_dropout else p) for p in input_rates)
         self.output_drop = LockedDropout(dropout)
-        self.decoder = nn.Linear(sizes[-1], ntoken)
+        if softmax == "full":
+            self.decoder = FullSoftmax(sizes[-1], ntoken)
+        else:
+            self.decoder = AdaptiveSoftmax(sizes[-1], ntoken, cutoffs, word_counts)
         if tie_weights:
             self.decoder.weight = self.encoder.weight
         self.init_weights()
 
     def init_weights(self) -> None:
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if not self.tie_weights:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        if isinstance(self.decoder, FullSoftmax):
+            nn.init.zeros_(self.decoder.bias)
+            if not self.tie_weights:
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def init_hidden(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        weight = self.decoder.weight
+        weight = self.encoder.weight
         return [(weight.new_zeros(1, batch_size, rnn.hidden_size), weight.new_zeros(1, batch_size, rnn.hidden_size))
                 for rnn in self.rnns]
 
     def forward(self, tokens: torch.Tensor, hidden):
-        """tokens (T, B) -> logits (T, B, ntoken), new hidden, last layer's raw output, and dropped output.
+        """tokens (T, B) -> the dropped output (T, B, d) that feeds the decoder, new hidden, raw output.
 
-        AR uses the dropped output, TAR the raw one (AWD-LSTM's ``dropped_rnn_hs[-1]`` / ``rnn_hs[-1]``).
+        ``model.decoder.nll(output, targets)`` is the loss. AR uses the dropped output, TAR the raw one
+        (AWD-LSTM's ``dropped_rnn_hs[-1]`` / ``rnn_hs[-1]``).
         """
         x = self.encoder(tokens)
         new_hidden = []
@@ -107,7 +124,7 @@ class RNNModel(nn.Module):
             new_hidden.append(hx)
         raw_output = x
         output = self.output_drop(raw_output)
-        return self.decoder(output), new_hidden, raw_output, output
+        return output, new_hidden, raw_output
 
 
 def repackage_hidden(hidden):
