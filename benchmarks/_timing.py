@@ -136,7 +136,7 @@ def slug(text: str) -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD's hash, plus '-dirty' when tracked or untracked files differ (results/ excepted)."""
+    """HEAD's hash, plus '-dirty' when tracked or untracked files differ (the results folders excepted)."""
     def git(*args):
         return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=30)
@@ -148,7 +148,7 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     changed = [line for line in status.stdout.splitlines()
-               if not line[3:].startswith("benchmarks/results")]
+               if not line[3:].startswith(("benchmarks/results", "examples/results"))]
     return head.stdout.strip() + ("-dirty" if changed else "")
 
 

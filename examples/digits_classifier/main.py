@@ -175,11 +175,12 @@ def main(argv=None) -> dict:
     test_acc, pred = accuracy_and_predictions(model, x_te, y_te)
     wall_s = time.time() - wall_start
     plot = out_dir / "confusion_matrix.png"
-    if plot_confusion(y_te, pred, plot, f"8x8 digits, bidirectional {args.lstm} LSTM: test acc {test_acc:.3f}"):
+    plotted = plot_confusion(y_te, pred, plot, f"8x8 digits, bidirectional {args.lstm} LSTM: test acc {test_acc:.3f}")
+    if plotted:
         print(f"confusion matrix: {plot}")
     print(f"RESULT example=digits_classifier lstm={args.lstm} epochs={stopper.steps} "
           f"val_acc={stopper.best:.4f} test_acc={test_acc:.4f} test_errors={int((pred != y_te).sum())}/{len(y_te)} "
-          f"wall_s={wall_s:.1f}", flush=True)
+          f"wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else ""), flush=True)
     return dict(test_acc=test_acc, wall_s=wall_s)
 
 

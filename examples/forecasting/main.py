@@ -188,12 +188,13 @@ def main(argv=None) -> dict:
     plot = out_dir / "forecast.png"
     title = (f"Yearly sunspots, one year ahead: {args.lstm} LSTM MAE {scores['LSTM'][0]:.1f}, "
              f"persistence {scores['persistence'][0]:.1f}, seasonal naive {scores['seasonal naive (11 y)'][0]:.1f}")
-    if plot_forecast(years, series, forecasts, first_test, plot, title):
+    plotted = plot_forecast(years, series, forecasts, first_test, plot, title)
+    if plotted:
         print(f"forecast plot: {plot}")
     (lm, lr_), (pm, pr), (sm_, sr) = scores["LSTM"], scores["persistence"], scores["seasonal naive (11 y)"]
     print(f"RESULT example=forecasting lstm={args.lstm} test_years={args.test_years} lstm_mae={lm:.2f} "
           f"lstm_rmse={lr_:.2f} persistence_mae={pm:.2f} persistence_rmse={pr:.2f} seasonal_mae={sm_:.2f} "
-          f"seasonal_rmse={sr:.2f} wall_s={wall_s:.1f}", flush=True)
+          f"seasonal_rmse={sr:.2f} wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else ""), flush=True)
     return dict(scores=scores, wall_s=wall_s)
 
 
