@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from _readme import replace_section  # noqa: E402
+
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 BASELINE = "nn.LSTM"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -241,15 +243,7 @@ def readme_section(paths: list[str], readme_dir: str) -> str:
 
 def update_readme(readme: str, section: str) -> bool:
     """Replaces the text between the markers; False (nothing written) if file or markers are missing."""
-    if not os.path.exists(readme):
-        return False
-    text = open(readme).read()
-    i, j = text.find(BEGIN), text.find(END)
-    if i < 0 or j < i:
-        return False
-    with open(readme, "w") as f:
-        f.write(text[:i + len(BEGIN)] + "\n" + section.strip("\n") + "\n" + text[j:])
-    return True
+    return replace_section(readme, BEGIN, END, section)
 
 
 def main(argv=None) -> None:

@@ -19,6 +19,9 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "examples" / "results"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _readme import replace_section  # noqa: E402  (shared with benchmarks/report.py)
+
 BEGIN, END = "<!-- examples:begin -->", "<!-- examples:end -->"
 LSTM_NAMES = {"rnnfused": "rnnfused.LSTM", "torch": "torch.nn.LSTM"}
 IN_RECURRENCE = {"zoneout_c": "zoneout c", "zoneout_h": "zoneout h", "wdrop": "weight drop",
@@ -179,15 +182,6 @@ def readme_section(readme_dir: Path, draw: bool = True) -> str:
     return "\n".join(parts)
 
 
-def update_readme(readme: Path, section: str) -> bool:
-    text = readme.read_text()
-    i, j = text.find(BEGIN), text.find(END)
-    if i < 0 or j < i:
-        return False
-    readme.write_text(text[:i + len(BEGIN)] + "\n" + section.strip("\n") + "\n" + text[j:])
-    return True
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--readme", metavar="README.md", help="rewrite this README's section; default: print it")
@@ -196,7 +190,7 @@ def main(argv=None) -> None:
         print(readme_section(REPO))
         return
     readme = Path(args.readme).resolve()
-    if not update_readme(readme, readme_section(readme.parent)):
+    if not replace_section(readme, BEGIN, END, readme_section(readme.parent)):
         sys.exit(f"{readme}: no {BEGIN} ... {END} markers")
     print(f"updated {readme}", file=sys.stderr)
 
