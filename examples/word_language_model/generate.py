@@ -36,7 +36,7 @@ def load_model(path, lstm: str | None = None, device: str = "cpu"):
                      dropouti=a["dropouti"], dropoute=a["dropoute"], wdrop=a["wdrop"],
                      zoneout_c=a["zoneout_c"], zoneout_h=a["zoneout_h"],
                      recurrent_dropout=a["recurrent_dropout"], candidate_dropout=a["candidate_dropout"],
-                     softmax=a.get("softmax", "full"), cutoffs=a.get("cutoffs") or (2000, 10000),
+                     softmax=a.get("softmax", "full"), cutoffs=a.get("cutoffs"),
                      ignore_unsupported=True)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), vocab
