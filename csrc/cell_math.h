@@ -1,4 +1,5 @@
-// The LSTM cell's pointwise arithmetic, forward and backward, for one unit (SPEC §2).
+// The cells' pointwise arithmetic, forward and backward, for one unit: the LSTM (SPEC §2) and
+// the GRU (SPEC §2b).
 //
 // Shared by the CPU loop and the CUDA kernels: neither re-derives any of this. Everything is
 // computed in acc_t (float for float/half/bfloat16 storage, double for double). Masks arrive as
@@ -6,7 +7,8 @@
 // at its expectation) run through the same formulas:
 //   cand_scale  ĝ = g * cand_scale      training: mask / (1 - p_cand); otherwise 1
 //   zc, zh      c = zc c_prev + (1 - zc) c̃  training: the 0/1 zoneout mask; eval: the rate
-// Gate order and layout follow torch.nn.LSTM: pre-activations [a_i | a_f | a_g | a_o].
+// Gate order and layout follow torch.nn.LSTM: pre-activations [a_i | a_f | a_g | a_o], and
+// torch.nn.GRU: [r | z | n] in each of the two GEMM terms.
 #pragma once
 
 #include <cmath>
@@ -120,6 +122,53 @@ RNNFUSED_HD GateGrads<acc_t> cell_backward(const Gates<acc_t>& gate, acc_t c_pre
   dc = zc * dc + gate.f * dc_tilde;
   return GateGrads<acc_t>{d_i * gate.i * (acc_t(1) - gate.i), d_f * gate.f * (acc_t(1) - gate.f),
                           d_g * (acc_t(1) - gate.g * gate.g), d_o * gate.o * (acc_t(1) - gate.o)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU, torch.nn.GRU's "reset after" form (SPEC §2b)
+// ---------------------------------------------------------------------------------------------
+
+// What a GRU step keeps for backward: r, z, n (n before candidate dropout) and the recurrent
+// term of n, gh_n = (Ŵ_hh ĥ)_n + b_hh_n, which the reset gate scales.
+template <typename acc_t>
+struct GruGates {
+  acc_t r, z, n, hn;
+};
+
+// gi_*: (W_ih x̂)_* + b_ih_*;  gh_*: (Ŵ_hh ĥ)_* + b_hh_*.
+template <typename acc_t>
+RNNFUSED_HD GruGates<acc_t> gru_activate(acc_t gi_r, acc_t gi_z, acc_t gi_n, acc_t gh_r,
+                                         acc_t gh_z, acc_t gh_n) {
+  const acc_t r = sigmoid(gi_r + gh_r);
+  const acc_t z = sigmoid(gi_z + gh_z);
+  return GruGates<acc_t>{r, z, act_tanh(gi_n + r * gh_n), gh_n};
+}
+
+// h̃ = (1 - z) n̂ + z h_prev, with n̂ = n cand_scale (h_prev itself, not the dropped-out ĥ).
+template <typename acc_t>
+RNNFUSED_HD acc_t gru_cell_forward(const GruGates<acc_t>& gate, acc_t h_prev, acc_t cand_scale) {
+  return (acc_t(1) - gate.z) * (gate.n * cand_scale) + gate.z * h_prev;
+}
+
+// Gradients of one GRU unit: with respect to the input term's pre-activations gi_{r,z,n}, the
+// recurrent term's n part gh_n (its r and z parts equal gi_r and gi_z), and the share of
+// dL/dh_{t-1} that flows through z h_prev directly (not through the GEMM).
+template <typename acc_t>
+struct GruGrads {
+  acc_t gi_r, gi_z, gi_n, gh_n, h_prev;
+};
+
+//   dh_tilde: dL/dh̃ (the state before zoneout)
+template <typename acc_t>
+RNNFUSED_HD GruGrads<acc_t> gru_cell_backward(const GruGates<acc_t>& gate, acc_t h_prev,
+                                              acc_t cand_scale, acc_t dh_tilde) {
+  const acc_t n_hat = gate.n * cand_scale;
+  const acc_t d_n = dh_tilde * (acc_t(1) - gate.z) * cand_scale;
+  const acc_t d_z = dh_tilde * (h_prev - n_hat);
+  const acc_t da_n = d_n * (acc_t(1) - gate.n * gate.n);
+  const acc_t d_r = da_n * gate.hn;
+  return GruGrads<acc_t>{d_r * gate.r * (acc_t(1) - gate.r), d_z * gate.z * (acc_t(1) - gate.z),
+                         da_n, da_n * gate.r, dh_tilde * gate.z};
 }
 
 // Backward through h_t = zh h_{t-1} + (1 - zh) h̃_t: splits dL/dh_t into the part that reaches

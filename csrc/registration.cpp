@@ -1,4 +1,5 @@
-// The op schemas (TORCH_LIBRARY) and the Python module rnnfused._C (SPEC §5).
+// The op schemas (TORCH_LIBRARY) of the LSTM and GRU layer ops and the Python module rnnfused._C
+// (SPEC §5).
 //
 // The CPU and CUDA files register their kernels for these schemas under the same names;
 // rnnfused/_ops.py adds the fake (meta) implementations and the autograd formula, so
@@ -6,7 +7,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "lstm_layer.h"
+#include "layer.h"
 
 TORCH_LIBRARY(rnnfused, m) {
   m.def(
@@ -20,14 +21,25 @@ TORCH_LIBRARY(rnnfused, m) {
       "int layer, bool reverse, bool training, float[] rates, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor ctil, bool has_bias) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, Tensor grad_weight_hr)");
+  m.def(
+      "gru_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, Tensor? lengths, Tensor seed, int layer, bool reverse, bool training, "
+      "float[] rates, bool need_workspace) -> (Tensor output, Tensor h_n, Tensor gates, Tensor hs)");
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor? lengths, Tensor seed, int layer, bool reverse, bool training, "
+      "float[] rates, Tensor gates, Tensor hs, bool has_bias) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
+      "Tensor grad_bias_hh)");
 }
 
 namespace {
 
-std::vector<at::Tensor> lstm_masks_py(int64_t seed, int64_t T, int64_t B, int64_t I, int64_t H,
-                                      int64_t R, int64_t layer, bool reverse,
-                                      std::vector<double> rates, at::ScalarType dtype) {
-  return rnnfused::lstm_masks(seed, T, B, I, H, R, layer, reverse, rates, dtype);
+std::vector<at::Tensor> layer_masks_py(int64_t gates, int64_t seed, int64_t T, int64_t B,
+                                       int64_t I, int64_t H, int64_t R, int64_t layer,
+                                       bool reverse, std::vector<double> rates,
+                                       at::ScalarType dtype) {
+  return rnnfused::layer_masks(gates, seed, T, B, I, H, R, layer, reverse, rates, dtype);
 }
 
 bool has_cuda_kernels() {
@@ -42,8 +54,8 @@ bool has_cuda_kernels() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnfused's compiled kernels; the ops live under torch.ops.rnnfused";
-  m.def("lstm_masks", &lstm_masks_py,
-        "Masks of one layer call as {0,1} tensors: input, recurrent, weight, candidate, "
-        "zoneout_c, zoneout_h");
+  m.def("layer_masks", &layer_masks_py,
+        "Masks of one layer call (gates = 4 for the LSTM, 3 for the GRU) as {0,1} tensors: "
+        "input, recurrent, weight, candidate, zoneout_c, zoneout_h");
   m.def("has_cuda_kernels", &has_cuda_kernels, "Whether this build contains the CUDA kernels");
 }

@@ -2,8 +2,8 @@
 
 The schemas and the CPU/CUDA kernels are registered in C++ (csrc/registration.cpp); this file
 adds what torch.compile and autograd need, following pytorch/extension-cpp:
-  lstm_forward  -> fake impl, autograd formula calling lstm_backward
-  lstm_backward -> fake impl, and an autograd formula that refuses double backward
+  lstm_forward, gru_forward   -> fake impl, autograd formula calling the matching backward op
+  lstm_backward, gru_backward -> fake impl, and an autograd formula that refuses double backward
 """
 import torch
 
@@ -11,81 +11,145 @@ from . import _C  # noqa: F401  (loading the library registers the ops)
 
 lstm_forward = torch.ops.rnnfused.lstm_forward
 lstm_backward = torch.ops.rnnfused.lstm_backward
+gru_forward = torch.ops.rnnfused.gru_forward
+gru_backward = torch.ops.rnnfused.gru_backward
 
 # Index of zoneout_c in the rates list: the only rate that changes the workspace's shape.
 _ZONEOUT_C = 4
+# Width of the gates workspace per sample, for both cells (csrc/layer.h kWorkspaceGates).
+_WORKSPACE_GATES = 4
+
+
+def _sizes(input, weight_ih, gates, weight_hr=None):
+    """(T, B, H, R) of a layer call: H from weight_ih's G*H rows, R = proj_size or H."""
+    T, B, _ = input.shape
+    H = weight_ih.shape[0] // gates
+    R = weight_hr.shape[0] if weight_hr is not None else H
+    return T, B, H, R
+
+
+def _workspace_fake(input, need_workspace, T, B, H, R, with_cell):
+    """Fake gates, hs and (LSTM) cs of a forward call."""
+    if not need_workspace:
+        return [input.new_empty((0,)) for _ in range(3 if with_cell else 2)]
+    shapes = [(T, B, _WORKSPACE_GATES * H), (T + 1, B, R)] + ([(T + 1, B, H)] if with_cell else [])
+    return [input.new_empty(shape) for shape in shapes]
 
 
 @torch.library.register_fake("rnnfused::lstm_forward")
 def _lstm_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
                        seed, layer, reverse, training, rates, need_workspace):
-    T, B, _ = input.shape
-    H = weight_ih.shape[0] // 4
-    R = weight_hr.shape[0] if weight_hr is not None else H
-    output = input.new_empty((T, B, R))
-    h_n = input.new_empty((B, R))
-    c_n = input.new_empty((B, H))
-    if need_workspace:
-        gates = input.new_empty((T, B, 4 * H))
-        hs = input.new_empty((T + 1, B, R))
-        cs = input.new_empty((T + 1, B, H))
-        ctil = input.new_empty((T, B, H) if rates[_ZONEOUT_C] > 0 else (0,))
-    else:
-        gates, hs, cs, ctil = (input.new_empty((0,)) for _ in range(4))
-    return output, h_n, c_n, gates, hs, cs, ctil
+    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
+    gates, hs, cs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=True)
+    with_ctil = need_workspace and rates[_ZONEOUT_C] > 0
+    ctil = input.new_empty((T, B, H) if with_ctil else (0,))
+    return (input.new_empty((T, B, R)), input.new_empty((B, R)), input.new_empty((B, H)), gates, hs,
+            cs, ctil)
+
+
+@torch.library.register_fake("rnnfused::gru_forward")
+def _gru_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, seed, layer,
+                      reverse, training, rates, need_workspace):
+    T, B, H, R = _sizes(input, weight_ih, 3)
+    gates, hs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=False)
+    return input.new_empty((T, B, R)), input.new_empty((B, R)), gates, hs
+
+
+def _bias_fake(input, weight_ih, has_bias):
+    return input.new_empty((weight_ih.shape[0],) if has_bias else (0,))
 
 
 @torch.library.register_fake("rnnfused::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr,
                         lengths, seed, layer, reverse, training, rates, gates, hs, cs, ctil,
                         has_bias):
-    H = weight_ih.shape[0] // 4
     return (
         torch.empty_like(input),
         torch.empty_like(grad_h_n),
         torch.empty_like(grad_c_n),
         torch.empty_like(weight_ih),
         torch.empty_like(weight_hh),
-        input.new_empty((4 * H,) if has_bias else (0,)),
+        _bias_fake(input, weight_ih, has_bias),
         torch.empty_like(weight_hr) if weight_hr is not None else input.new_empty((0,)),
     )
 
 
-def _forward_setup_context(ctx, inputs, output):
+@torch.library.register_fake("rnnfused::gru_backward")
+def _gru_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh, lengths, seed, layer,
+                       reverse, training, rates, gates, hs, has_bias):
+    return (torch.empty_like(input), torch.empty_like(grad_h_n), torch.empty_like(weight_ih),
+            torch.empty_like(weight_hh), _bias_fake(input, weight_ih, has_bias),
+            _bias_fake(input, weight_ih, has_bias))
+
+
+# -- autograd: one formula shape for both cells -----------------------------------------------
+
+def _keep_call(ctx, layer, reverse, training, rates, has_bias, need_workspace):
+    ctx.layer, ctx.reverse, ctx.training, ctx.rates = layer, reverse, training, list(rates)
+    ctx.has_bias = has_bias
+    ctx.need_workspace = need_workspace
+    # Gradients of outputs nobody used arrive as None instead of zero-filled tensors (the
+    # workspace outputs are never used, and zero-filling them would cost a (T, B, 4H) pass).
+    ctx.set_materialize_grads(False)
+
+
+def _check_workspace(ctx):
+    if not ctx.need_workspace:
+        raise RuntimeError(
+            "rnnfused: this forward ran with need_workspace=False (no input required grad when "
+            "it ran), so it kept nothing for backward")
+
+
+def _or_zeros(grad, like, shape):
+    return like.new_zeros(shape) if grad is None else grad
+
+
+def _lstm_setup_context(ctx, inputs, output):
     (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, seed, layer,
      reverse, training, rates, need_workspace) = inputs
     _, _, _, gates, hs, cs, ctil = output
     ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, lengths, seed, gates, hs, cs,
                           ctil)
-    ctx.layer, ctx.reverse, ctx.training, ctx.rates = layer, reverse, training, list(rates)
-    ctx.has_bias = bias_ih is not None
-    ctx.need_workspace = need_workspace
+    _keep_call(ctx, layer, reverse, training, rates, bias_ih is not None, need_workspace)
 
 
-def _forward_backward(ctx, grad_output, grad_h_n, grad_c_n, *_workspace_grads):
-    if not ctx.need_workspace:
-        raise RuntimeError(
-            "rnnfused: this forward ran with need_workspace=False (no input required grad when "
-            "it ran), so it kept nothing for backward")
+def _lstm_backward_formula(ctx, grad_output, grad_h_n, grad_c_n, *_workspace_grads):
+    _check_workspace(ctx)
     input, weight_ih, weight_hh, weight_hr, lengths, seed, gates, hs, cs, ctil = ctx.saved_tensors
-    T, B, _ = input.shape
-    H = weight_ih.shape[0] // 4
-    R = weight_hr.shape[0] if weight_hr is not None else H
-    if grad_output is None:
-        grad_output = input.new_zeros((T, B, R))
-    if grad_h_n is None:
-        grad_h_n = input.new_zeros((B, R))
-    if grad_c_n is None:
-        grad_c_n = input.new_zeros((B, H))
+    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
     (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias,
      grad_weight_hr) = lstm_backward(
-        grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr, lengths, seed,
+        _or_zeros(grad_output, input, (T, B, R)), _or_zeros(grad_h_n, input, (B, R)),
+        _or_zeros(grad_c_n, input, (B, H)), input, weight_ih, weight_hh, weight_hr, lengths, seed,
         ctx.layer, ctx.reverse, ctx.training, ctx.rates, gates, hs, cs, ctil, ctx.has_bias)
     grad_bias_ih = grad_bias if ctx.has_bias else None
     grad_bias_hh = grad_bias.clone() if ctx.has_bias else None
     grad_weight_hr = grad_weight_hr if weight_hr is not None else None
     return (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih,
-            grad_bias_hh, grad_weight_hr, None, None, None, None, None, None, None)
+            grad_bias_hh, grad_weight_hr) + (None,) * 7
+
+
+def _gru_setup_context(ctx, inputs, output):
+    (input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, seed, layer, reverse, training,
+     rates, need_workspace) = inputs
+    _, _, gates, hs = output
+    ctx.save_for_backward(input, weight_ih, weight_hh, lengths, seed, gates, hs)
+    _keep_call(ctx, layer, reverse, training, rates, bias_ih is not None, need_workspace)
+
+
+def _gru_backward_formula(ctx, grad_output, grad_h_n, *_workspace_grads):
+    _check_workspace(ctx)
+    input, weight_ih, weight_hh, lengths, seed, gates, hs = ctx.saved_tensors
+    T, B, H, R = _sizes(input, weight_ih, 3)
+    (grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih,
+     grad_bias_hh) = gru_backward(
+        _or_zeros(grad_output, input, (T, B, R)), _or_zeros(grad_h_n, input, (B, R)), input,
+        weight_ih, weight_hh, lengths, seed, ctx.layer, ctx.reverse, ctx.training, ctx.rates,
+        gates, hs, ctx.has_bias)
+    if not ctx.has_bias:
+        grad_bias_ih = grad_bias_hh = None
+    return (grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih,
+            grad_bias_hh) + (None,) * 7
 
 
 def _backward_setup_context(ctx, inputs, output):
@@ -94,14 +158,17 @@ def _backward_setup_context(ctx, inputs, output):
 
 def _backward_backward(ctx, *grads):
     raise RuntimeError(
-        "rnnfused: backward of backward (double backward) through the fused LSTM is not "
+        "rnnfused: backward of backward (double backward) through the fused layers is not "
         "supported; use rnnfused.reference for higher-order gradients")
 
 
-torch.library.register_autograd("rnnfused::lstm_forward", _forward_backward,
-                                setup_context=_forward_setup_context)
-torch.library.register_autograd("rnnfused::lstm_backward", _backward_backward,
-                                setup_context=_backward_setup_context)
+torch.library.register_autograd("rnnfused::lstm_forward", _lstm_backward_formula,
+                                setup_context=_lstm_setup_context)
+torch.library.register_autograd("rnnfused::gru_forward", _gru_backward_formula,
+                                setup_context=_gru_setup_context)
+for _name in ("rnnfused::lstm_backward", "rnnfused::gru_backward"):
+    torch.library.register_autograd(_name, _backward_backward,
+                                    setup_context=_backward_setup_context)
 
 
 def has_cuda_kernels() -> bool:

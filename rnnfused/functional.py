@@ -1,8 +1,9 @@
-"""The functional form: one fused LSTM layer, one direction, explicit weights (SPEC §4).
+"""The functional form: one fused LSTM or GRU layer, one direction, explicit weights (SPEC §4).
 
-`lstm_layer` is the rung of the ladder that the module stacks (cell -> layer -> direction ->
-stack); `lstm_masks` materializes the masks a call draws, so that `rnnfused.reference` can replay
-it bit for bit; `draw_seed` is how a call in training mode gets its seed from torch's RNG.
+`lstm_layer` and `gru_layer` are the rung of the ladder that the modules stack (cell -> layer ->
+direction -> stack); `lstm_masks` / `gru_masks` materialize the masks a call draws, so that
+`rnnfused.reference` can replay it bit for bit; `draw_seed` is how a call in training mode gets
+its seed from torch's RNG.
 """
 from typing import Dict, Optional, Sequence, Union
 
@@ -11,11 +12,16 @@ from torch import Tensor
 
 from . import _ops
 
-__all__ = ["lstm_layer", "lstm_masks", "draw_seed", "RATE_NAMES"]
+__all__ = ["lstm_layer", "lstm_masks", "gru_layer", "gru_masks", "draw_seed", "RATE_NAMES",
+           "GRU_RATE_NAMES"]
 
 # The order of the rates in the ops' `rates` argument (and of the mask kinds in csrc/philox.h).
 RATE_NAMES = ("input_dropout", "recurrent_dropout", "weight_drop", "candidate_dropout",
               "zoneout_c", "zoneout_h")
+# The GRU's: the same without zoneout_c (it has no cell state); its op gets zoneout_c = 0.
+GRU_RATE_NAMES = ("input_dropout", "recurrent_dropout", "weight_drop", "candidate_dropout",
+                  "zoneout_h")
+_ZONEOUT_C = RATE_NAMES.index("zoneout_c")
 _SEED_HIGH = 2**63 - 1
 
 
@@ -77,6 +83,24 @@ def _requires_grad(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _call_setup(input, tensors, rates, *, seed, training, generator, lengths):
+    """What both layer functions do before calling their op: checks, the seed, the lengths, the
+    autocast dtype, and whether backward will need the workspace."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"rnnfused: input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 3:
+        raise ValueError(f"rnnfused: input must be 3-D (seq_len, batch, input_size), got "
+                         f"{input.dim()}-D of shape {tuple(input.shape)}")
+    needs_seed = bool(training) and any(r > 0 for r in rates)
+    seed_t = _as_seed(seed, needs_seed, generator)
+    lengths_t = _as_lengths(lengths, input.shape[1], input.shape[0])
+    cast = _autocast_dtype(input.device.type)
+    if cast is not None:
+        tensors = tuple(t.to(cast) if t is not None and t.is_floating_point() else t
+                        for t in tensors)
+    return tensors, seed_t, lengths_t, _requires_grad(tensors)
+
+
 def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
                weight_hr: Optional[Tensor] = None, *, seed: Union[int, Tensor, None] = None,
@@ -97,27 +121,53 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
     are the state after the sample's own last step. In evaluation (`training=False`) dropout and
     weight drop are the identity and zoneout takes its expectation.
     """
-    if not isinstance(input, Tensor):
-        raise TypeError(f"rnnfused: input must be a Tensor, got {type(input).__name__}")
     rates = [check_rate(n, v) for n, v in zip(RATE_NAMES, (
         input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_c, zoneout_h))]
-    if input.dim() != 3:
-        raise ValueError(f"rnnfused: input must be 3-D (seq_len, batch, input_size), got "
-                         f"{input.dim()}-D of shape {tuple(input.shape)}")
-    needs_seed = bool(training) and any(r > 0 for r in rates)
-    seed_t = _as_seed(seed, needs_seed, generator)
-    lengths_t = _as_lengths(lengths, input.shape[1], input.shape[0])
-    cast = _autocast_dtype(input.device.type)
-    if cast is not None:
-        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
-            t.to(cast) if t is not None and t.is_floating_point() else t
-            for t in (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
-    tensors = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    need_workspace = _requires_grad(tensors)
+    tensors, seed_t, lengths_t, need_workspace = _call_setup(
+        input, (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr), rates,
+        seed=seed, training=training, generator=generator, lengths=lengths)
     output, h_n, c_n = _ops.lstm_forward(
-        input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths_t, seed_t,
-        int(layer), bool(reverse), bool(training), rates, need_workspace)[:3]
+        *tensors, lengths_t, seed_t, int(layer), bool(reverse), bool(training), rates,
+        need_workspace)[:3]
     return output, h_n, c_n
+
+
+def gru_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+              bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None, *,
+              seed: Union[int, Tensor, None] = None, training: bool = True, layer: int = 0,
+              reverse: bool = False, lengths: Union[Tensor, Sequence[int], None] = None,
+              input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+              weight_drop: float = 0.0, candidate_dropout: float = 0.0, zoneout_h: float = 0.0,
+              generator: Optional[torch.Generator] = None):
+    """One GRU layer over a whole sequence, with the regularizers of SPEC §2b applied inside the
+    recurrence. Returns (output (T, B, H), h_n (B, H)).
+
+    input: (T, B, I) time-major, h0: (B, H); weights in torch.nn.GRU's layout, gate order
+    (r, z, n) and "reset after" form. Seeds, masks (`gru_masks`), `reverse`, `lengths` and
+    evaluation mode work as for `lstm_layer`; the GRU has no cell state, so its only zoneout is
+    on h.
+    """
+    rates = [check_rate(n, v) for n, v in zip(GRU_RATE_NAMES, (
+        input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_h))]
+    rates.insert(_ZONEOUT_C, 0.0)
+    tensors, seed_t, lengths_t, need_workspace = _call_setup(
+        input, (input, h0, weight_ih, weight_hh, bias_ih, bias_hh), rates, seed=seed,
+        training=training, generator=generator, lengths=lengths)
+    output, h_n = _ops.gru_forward(
+        *tensors, lengths_t, seed_t, int(layer), bool(reverse), bool(training), rates,
+        need_workspace)[:2]
+    return output, h_n
+
+
+_MASK_NAMES = ("input", "recurrent", "weight", "candidate", "zoneout_c", "zoneout_h")
+
+
+def _masks(gates, seed, seq_len, batch, input_size, hidden_size, recurrent_size, layer, reverse,
+           rates, dtype, device):
+    seed = int(_as_seed(seed, False, None))
+    masks = _ops._C.layer_masks(gates, seed, seq_len, batch, input_size, hidden_size,
+                                recurrent_size, int(layer), bool(reverse), rates, dtype)
+    return {name: mask.to(device) for name, mask in zip(_MASK_NAMES, masks)}
 
 
 def lstm_masks(seed: int, seq_len: int, batch: int, input_size: int, hidden_size: int, *,
@@ -138,9 +188,24 @@ def lstm_masks(seed: int, seq_len: int, batch: int, input_size: int, hidden_size
     """
     rates = [check_rate(n, v) for n, v in zip(RATE_NAMES, (
         input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_c, zoneout_h))]
-    seed = int(_as_seed(seed, False, None))
     recurrent = proj_size if proj_size > 0 else hidden_size
-    masks = _ops._C.lstm_masks(seed, seq_len, batch, input_size, hidden_size, recurrent,
-                               int(layer), bool(reverse), rates, dtype)
-    names = ("input", "recurrent", "weight", "candidate", "zoneout_c", "zoneout_h")
-    return {name: mask.to(device) for name, mask in zip(names, masks)}
+    return _masks(4, seed, seq_len, batch, input_size, hidden_size, recurrent, layer, reverse,
+                  rates, dtype, device)
+
+
+def gru_masks(seed: int, seq_len: int, batch: int, input_size: int, hidden_size: int, *,
+              layer: int = 0, reverse: bool = False, input_dropout: float = 0.0,
+              recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
+              candidate_dropout: float = 0.0, zoneout_h: float = 0.0,
+              dtype: torch.dtype = torch.float32,
+              device: Union[str, torch.device] = "cpu") -> Dict[str, Tensor]:
+    """The masks that `gru_layer(seed=seed, layer=layer, reverse=reverse, ...)` draws in training
+    mode, as {0, 1} tensors: input (B, I), recurrent (B, H), weight (3H, H) keep-masks,
+    candidate (T, B, H) keep-mask of n, zoneout_h (T, B, H) (1 = the previous h is kept)."""
+    rates = [check_rate(n, v) for n, v in zip(GRU_RATE_NAMES, (
+        input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_h))]
+    rates.insert(_ZONEOUT_C, 0.0)
+    masks = _masks(3, seed, seq_len, batch, input_size, hidden_size, hidden_size, layer, reverse,
+                   rates, dtype, device)
+    del masks["zoneout_c"]
+    return masks

@@ -1,8 +1,9 @@
-// Argument checks of the layer op and the masks that do not depend on t (SPEC §3, §6).
+// Argument checks of the layer ops (LSTM and GRU), the masks that do not depend on t, and the
+// steps before and after the time loop that both devices share (SPEC §3, §6).
 //
 // Every check lives here, once, for the CPU and the CUDA implementation alike; each message
 // names the argument and says what was expected.
-#include "lstm_layer.h"
+#include "layer.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,6 +28,16 @@ std::string shape_str(at::IntArrayRef sizes) {
   return s + (sizes.size() == 1 ? ",)" : ")");
 }
 
+void check_rates(at::ArrayRef<double> rates) {
+  TORCH_CHECK_VALUE(rates.size() == kNumMaskKinds, "rnnfused: rates must hold ", kNumMaskKinds,
+                    " values [input_dropout, recurrent_dropout, weight_drop, candidate_dropout, "
+                    "zoneout_c, zoneout_h], got ", rates.size());
+  for (int k = 0; k < kNumMaskKinds; ++k) {
+    TORCH_CHECK_VALUE(std::isfinite(rates[k]) && rates[k] >= 0.0 && rates[k] < 1.0, "rnnfused: ",
+                      kRateNames[k], " must lie in [0, 1), got ", rates[k]);
+  }
+}
+
 void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected) {
   TORCH_CHECK_VALUE(t.sizes() == expected, "rnnfused: ", name, " must have shape ",
                     shape_str(expected), ", got ", shape_str(t.sizes()));
@@ -40,10 +51,14 @@ void check_like(const Tensor& t, const char* name, const Tensor& input) {
                     " must be on the device of input (", input.device(), "), got ", t.device());
 }
 
-void plan_common(LayerPlan& plan, const Tensor& input, const Tensor& weight_ih,
+void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tensor& weight_ih,
                  const Tensor& weight_hh, const c10::optional<Tensor>& weight_hr,
                  const c10::optional<Tensor>& lengths, const Tensor& seed, int64_t layer,
                  bool reverse, bool training, at::ArrayRef<double> rates) {
+  plan.cell = cell;
+  plan.G = cell == CellKind::kLstm ? CellTraits<CellKind::kLstm>::kGates
+                                   : CellTraits<CellKind::kGru>::kGates;
+  const int64_t G = plan.G;
   TORCH_CHECK_VALUE(input.dim() == 3, "rnnfused: input must be 3-D (seq_len, batch, input_size), "
                     "got ", input.dim(), "-D of shape ", shape_str(input.sizes()));
   const auto dtype = input.scalar_type();
@@ -53,13 +68,15 @@ void plan_common(LayerPlan& plan, const Tensor& input, const Tensor& weight_ih,
   plan.T = input.size(0);
   plan.B = input.size(1);
   plan.I = input.size(2);
-  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) % 4 == 0 && weight_ih.size(0) > 0,
-                    "rnnfused: weight_ih must be 2-D (4*hidden_size, input_size), got shape ",
+  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) % G == 0 && weight_ih.size(0) > 0,
+                    "rnnfused: weight_ih must be 2-D (", G, "*hidden_size, input_size), got shape ",
                     shape_str(weight_ih.sizes()));
-  plan.H = weight_ih.size(0) / 4;
-  check_shape(weight_ih, "weight_ih", {4 * plan.H, plan.I});
+  plan.H = weight_ih.size(0) / G;
+  check_shape(weight_ih, "weight_ih", {G * plan.H, plan.I});
   check_like(weight_ih, "weight_ih", input);
   plan.has_proj = weight_hr.has_value() && weight_hr->defined();
+  TORCH_CHECK_VALUE(!plan.has_proj || cell == CellKind::kLstm,
+                    "rnnfused: weight_hr (a projection) exists only for the LSTM");
   if (plan.has_proj) {
     TORCH_CHECK_VALUE(weight_hr->dim() == 2 && weight_hr->size(0) > 0,
                       "rnnfused: weight_hr must be 2-D (proj_size, hidden_size), got shape ",
@@ -70,7 +87,7 @@ void plan_common(LayerPlan& plan, const Tensor& input, const Tensor& weight_ih,
   } else {
     plan.R = plan.H;
   }
-  check_shape(weight_hh, "weight_hh", {4 * plan.H, plan.R});
+  check_shape(weight_hh, "weight_hh", {G * plan.H, plan.R});
   check_like(weight_hh, "weight_hh", input);
 
   plan.has_lengths = lengths.has_value() && lengths->defined();
@@ -96,71 +113,64 @@ void plan_common(LayerPlan& plan, const Tensor& input, const Tensor& weight_ih,
   plan.layer = layer;
   plan.reverse = reverse;
   plan.training = training;
-  TORCH_CHECK_VALUE(rates.size() == kNumMaskKinds, "rnnfused: rates must hold ", kNumMaskKinds,
-                    " values [input_dropout, recurrent_dropout, weight_drop, candidate_dropout, "
-                    "zoneout_c, zoneout_h], got ", rates.size());
-  for (int k = 0; k < kNumMaskKinds; ++k) {
-    TORCH_CHECK_VALUE(std::isfinite(rates[k]) && rates[k] >= 0.0 && rates[k] < 1.0, "rnnfused: ",
-                      kRateNames[k], " must lie in [0, 1), got ", rates[k]);
-    plan.rate[k] = rates[k];
-  }
+  check_rates(rates);
+  for (int k = 0; k < kNumMaskKinds; ++k) plan.rate[k] = rates[k];
+  TORCH_CHECK_VALUE(cell == CellKind::kLstm || plan.rate[kMaskZoneoutC] == 0.0,
+                    "rnnfused: the GRU has no cell state, so zoneout_c must be 0, got ",
+                    plan.rate[kMaskZoneoutC]);
 }
 
 }  // namespace
 
-LayerPlan plan_forward(const Tensor& input, const Tensor& h0, const Tensor& c0,
-                       const Tensor& weight_ih, const Tensor& weight_hh,
-                       const c10::optional<Tensor>& bias_ih, const c10::optional<Tensor>& bias_hh,
-                       const c10::optional<Tensor>& weight_hr,
-                       const c10::optional<Tensor>& lengths, const Tensor& seed, int64_t layer,
-                       bool reverse, bool training, at::ArrayRef<double> rates) {
+LayerPlan plan_forward(CellKind cell, const ForwardArgs& a) {
   LayerPlan plan;
-  plan_common(plan, input, weight_ih, weight_hh, weight_hr, lengths, seed, layer, reverse,
-              training, rates);
-  check_shape(h0, "h0", {plan.B, plan.R});
-  check_like(h0, "h0", input);
-  check_shape(c0, "c0", {plan.B, plan.H});
-  check_like(c0, "c0", input);
-  const bool has_ih = bias_ih.has_value() && bias_ih->defined();
-  const bool has_hh = bias_hh.has_value() && bias_hh->defined();
+  plan_common(cell, plan, a.input, a.weight_ih, a.weight_hh, a.weight_hr, a.lengths, a.seed,
+              a.layer, a.reverse, a.training, a.rates);
+  check_shape(a.h0, "h0", {plan.B, plan.R});
+  check_like(a.h0, "h0", a.input);
+  if (cell == CellKind::kLstm) {
+    TORCH_CHECK_VALUE(a.c0.has_value() && a.c0->defined(), "rnnfused: the LSTM needs c0");
+    check_shape(*a.c0, "c0", {plan.B, plan.H});
+    check_like(*a.c0, "c0", a.input);
+  }
+  const bool has_ih = a.bias_ih.has_value() && a.bias_ih->defined();
+  const bool has_hh = a.bias_hh.has_value() && a.bias_hh->defined();
   TORCH_CHECK_VALUE(has_ih == has_hh, "rnnfused: bias_ih and bias_hh must be given together");
   plan.has_bias = has_ih;
   if (plan.has_bias) {
-    check_shape(*bias_ih, "bias_ih", {4 * plan.H});
-    check_like(*bias_ih, "bias_ih", input);
-    check_shape(*bias_hh, "bias_hh", {4 * plan.H});
-    check_like(*bias_hh, "bias_hh", input);
+    check_shape(*a.bias_ih, "bias_ih", {plan.G * plan.H});
+    check_like(*a.bias_ih, "bias_ih", a.input);
+    check_shape(*a.bias_hh, "bias_hh", {plan.G * plan.H});
+    check_like(*a.bias_hh, "bias_hh", a.input);
   }
   return plan;
 }
 
-LayerPlan plan_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
-                        const Tensor& input, const Tensor& weight_ih, const Tensor& weight_hh,
-                        const c10::optional<Tensor>& weight_hr,
-                        const c10::optional<Tensor>& lengths, const Tensor& seed, int64_t layer,
-                        bool reverse, bool training, at::ArrayRef<double> rates,
-                        const Tensor& gates, const Tensor& hs, const Tensor& cs,
-                        const Tensor& ctil, bool has_bias) {
+LayerPlan plan_backward(CellKind cell, const BackwardArgs& a) {
   LayerPlan plan;
-  plan_common(plan, input, weight_ih, weight_hh, weight_hr, lengths, seed, layer, reverse,
-              training, rates);
-  plan.has_bias = has_bias;
-  check_shape(grad_output, "grad_output", {plan.T, plan.B, plan.R});
-  check_like(grad_output, "grad_output", input);
-  check_shape(grad_h_n, "grad_h_n", {plan.B, plan.R});
-  check_like(grad_h_n, "grad_h_n", input);
-  check_shape(grad_c_n, "grad_c_n", {plan.B, plan.H});
-  check_like(grad_c_n, "grad_c_n", input);
-  check_shape(gates, "gates (workspace; run forward with need_workspace=True)",
-              {plan.T, plan.B, 4 * plan.H});
-  check_like(gates, "gates", input);
-  check_shape(hs, "hs (workspace)", {plan.T + 1, plan.B, plan.R});
-  check_like(hs, "hs", input);
-  check_shape(cs, "cs (workspace)", {plan.T + 1, plan.B, plan.H});
-  check_like(cs, "cs", input);
-  if (plan.zoneout_c()) {
-    check_shape(ctil, "ctil (workspace)", {plan.T, plan.B, plan.H});
-    check_like(ctil, "ctil", input);
+  plan_common(cell, plan, a.input, a.weight_ih, a.weight_hh, a.weight_hr, a.lengths, a.seed,
+              a.layer, a.reverse, a.training, a.rates);
+  plan.has_bias = a.has_bias;
+  check_shape(a.grad_output, "grad_output", {plan.T, plan.B, plan.R});
+  check_like(a.grad_output, "grad_output", a.input);
+  check_shape(a.grad_h_n, "grad_h_n", {plan.B, plan.R});
+  check_like(a.grad_h_n, "grad_h_n", a.input);
+  check_shape(a.gates, "gates (workspace; run forward with need_workspace=True)",
+              {plan.T, plan.B, kWorkspaceGates * plan.H});
+  check_like(a.gates, "gates", a.input);
+  check_shape(a.hs, "hs (workspace)", {plan.T + 1, plan.B, plan.R});
+  check_like(a.hs, "hs", a.input);
+  if (cell == CellKind::kLstm) {
+    TORCH_CHECK_VALUE(a.grad_c_n.has_value() && a.cs.has_value() && a.ctil.has_value(),
+                      "rnnfused: the LSTM's backward needs grad_c_n, cs and ctil");
+    check_shape(*a.grad_c_n, "grad_c_n", {plan.B, plan.H});
+    check_like(*a.grad_c_n, "grad_c_n", a.input);
+    check_shape(*a.cs, "cs (workspace)", {plan.T + 1, plan.B, plan.H});
+    check_like(*a.cs, "cs", a.input);
+    if (plan.zoneout_c()) {
+      check_shape(*a.ctil, "ctil (workspace)", {plan.T, plan.B, plan.H});
+      check_like(*a.ctil, "ctil", a.input);
+    }
   }
   return plan;
 }
@@ -203,66 +213,99 @@ _Pragma("omp simd")
   };
   if (plan.input_dropout()) out.input_scale = make(kMaskInput, plan.B, plan.I);
   if (plan.recurrent_dropout()) out.recurrent_scale = make(kMaskRecurrent, plan.B, plan.R);
-  if (plan.weight_drop()) out.weight_scale = make(kMaskWeight, 4 * plan.H, plan.R);
+  if (plan.weight_drop()) out.weight_scale = make(kMaskWeight, plan.G * plan.H, plan.R);
   return out;
 }
 
-ForwardResult finish_forward(const LayerPlan& plan, bool need_workspace, Tensor output,
-                             Tensor gates, Tensor hs, Tensor cs, Tensor ctil) {
+LayerOutputs finish_forward(const LayerPlan& plan, bool need_workspace, Tensor output,
+                            Tensor gates, Tensor hs, Tensor cs, Tensor ctil) {
   const int64_t last = need_workspace ? plan.T : plan.T % 2;
-  Tensor h_n = hs[last].clone();
-  Tensor c_n = cs[last].clone();
+  const auto opts = output.options();
+  LayerOutputs out;
+  out.h_n = hs[last].clone();
+  out.c_n = cs.defined() ? cs[last].clone() : at::empty({0}, opts);
   if (!need_workspace) {
-    const auto opts = output.options();
-    gates = at::empty({0}, opts);
-    hs = at::empty({0}, opts);
-    cs = at::empty({0}, opts);
-    ctil = at::empty({0}, opts);
+    gates = hs = cs = ctil = Tensor();
   }
-  return {std::move(output), std::move(h_n), std::move(c_n), std::move(gates), std::move(hs),
-          std::move(cs), std::move(ctil)};
+  // Distinct empty tensors where nothing is kept: the schemas promise no aliasing.
+  auto or_empty = [&](Tensor t) { return t.defined() ? std::move(t) : at::empty({0}, opts); };
+  out.output = std::move(output);
+  out.gates = or_empty(std::move(gates));
+  out.hs = or_empty(std::move(hs));
+  out.cs = or_empty(std::move(cs));
+  out.ctil = or_empty(std::move(ctil));
+  return out;
 }
 
-BackwardResult input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks& seq,
-                                          const Tensor& input, const Tensor& weight_ih,
-                                          const Tensor& da, const Tensor& hs, const Tensor& dproj,
-                                          const Tensor& htil, Tensor grad_h0, Tensor grad_c0) {
-  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks& seq,
+                                      const Tensor& input, const Tensor& weight_ih,
+                                      const Tensor& da_ih, const Tensor& da_hh, const Tensor& hs,
+                                      const Tensor& dproj, const Tensor& htil, Tensor grad_h0,
+                                      Tensor grad_c0) {
+  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R, GH = plan.G * H;
   const auto opts = input.options();
-  const Tensor da2 = da.view({T * B, 4 * H});
+  const bool shared = da_ih.is_same(da_hh);
+  const Tensor dx2 = da_ih.view({T * B, GH});
+  const Tensor dh2 = shared ? dx2 : da_hh.view({T * B, GH});
   Tensor xhat = input.contiguous();
   if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
-  Tensor grad_input = at::mm(da2, weight_ih.contiguous()).view({T, B, I});
-  if (seq.input_scale.defined()) grad_input.mul_(seq.input_scale.unsqueeze(0));
-  Tensor grad_weight_ih = at::mm(da2.t(), xhat.view({T * B, I}));
+  LayerGrads g;
+  g.grad_input = at::mm(dx2, weight_ih.contiguous()).view({T, B, I});
+  if (seq.input_scale.defined()) g.grad_input.mul_(seq.input_scale.unsqueeze(0));
+  g.grad_weight_ih = at::mm(dx2.t(), xhat.view({T * B, I}));
   // ĥ_{t-1}: the state each step read, in input order, with its recurrent-dropout mask.
   Tensor hprev = hs.narrow(0, 0, T);
   if (plan.reverse) hprev = hprev.flip(0);
   if (seq.recurrent_scale.defined()) hprev = hprev * seq.recurrent_scale.unsqueeze(0);
-  Tensor grad_weight_hh = at::mm(da2.t(), hprev.reshape({T * B, R}));
-  if (seq.weight_scale.defined()) grad_weight_hh.mul_(seq.weight_scale);
-  Tensor grad_bias = plan.has_bias ? da2.sum(0) : at::empty({0}, opts);
-  Tensor grad_weight_hr = plan.has_proj
-                              ? at::mm(dproj.view({T * B, R}).t(), htil.view({T * B, H}))
-                              : at::empty({0}, opts);
-  return {grad_input,     std::move(grad_h0), std::move(grad_c0), grad_weight_ih,
-          grad_weight_hh, grad_bias,          grad_weight_hr};
+  g.grad_weight_hh = at::mm(dh2.t(), hprev.reshape({T * B, R}));
+  if (seq.weight_scale.defined()) g.grad_weight_hh.mul_(seq.weight_scale);
+  if (plan.has_bias) {
+    g.grad_bias_ih = dx2.sum(0);
+    g.grad_bias_hh = shared ? g.grad_bias_ih.clone() : dh2.sum(0);
+  } else {
+    g.grad_bias_ih = at::empty({0}, opts);
+    g.grad_bias_hh = at::empty({0}, opts);
+  }
+  g.grad_weight_hr = plan.has_proj ? at::mm(dproj.view({T * B, R}).t(), htil.view({T * B, H}))
+                                   : at::empty({0}, opts);
+  g.grad_h0 = std::move(grad_h0);
+  g.grad_c0 = grad_c0.defined() ? std::move(grad_c0) : at::empty({0}, opts);
+  return g;
 }
 
-std::vector<Tensor> lstm_masks(int64_t seed, int64_t T, int64_t B, int64_t I, int64_t H,
-                               int64_t R, int64_t layer, bool reverse,
-                               at::ArrayRef<double> rates, at::ScalarType dtype) {
+LstmForwardResult lstm_forward_result(LayerOutputs o) {
+  return {std::move(o.output), std::move(o.h_n), std::move(o.c_n), std::move(o.gates),
+          std::move(o.hs),     std::move(o.cs),  std::move(o.ctil)};
+}
+
+LstmBackwardResult lstm_backward_result(LayerGrads g) {
+  // The LSTM's two biases enter as a sum: one gradient serves both (the schema returns it once).
+  return {std::move(g.grad_input),     std::move(g.grad_h0),     std::move(g.grad_c0),
+          std::move(g.grad_weight_ih), std::move(g.grad_weight_hh), std::move(g.grad_bias_ih),
+          std::move(g.grad_weight_hr)};
+}
+
+GruForwardResult gru_forward_result(LayerOutputs o) {
+  return {std::move(o.output), std::move(o.h_n), std::move(o.gates), std::move(o.hs)};
+}
+
+GruBackwardResult gru_backward_result(LayerGrads g) {
+  return {std::move(g.grad_input),     std::move(g.grad_h0),      std::move(g.grad_weight_ih),
+          std::move(g.grad_weight_hh), std::move(g.grad_bias_ih), std::move(g.grad_bias_hh)};
+}
+
+std::vector<Tensor> layer_masks(int64_t gates, int64_t seed, int64_t T, int64_t B, int64_t I,
+                                int64_t H, int64_t R, int64_t layer, bool reverse,
+                                at::ArrayRef<double> rates, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(gates == 3 || gates == 4, "rnnfused: gates must be 4 (LSTM) or 3 (GRU), got ",
+                    gates);
   TORCH_CHECK_VALUE(T >= 0 && B >= 0 && I >= 0 && H > 0 && R > 0,
-                    "rnnfused: lstm_masks needs seq_len, batch, input_size >= 0 and "
+                    "rnnfused: the masks need seq_len, batch, input_size >= 0 and "
                     "hidden_size, proj/recurrent size > 0");
   TORCH_CHECK_VALUE(seed >= 0, "rnnfused: seed must lie in [0, 2**63), got ", seed);
-  TORCH_CHECK_VALUE(rates.size() == kNumMaskKinds, "rnnfused: rates must hold 6 values");
-  for (int k = 0; k < kNumMaskKinds; ++k) {
-    TORCH_CHECK_VALUE(std::isfinite(rates[k]) && rates[k] >= 0.0 && rates[k] < 1.0, "rnnfused: ",
-                      kRateNames[k], " must lie in [0, 1), got ", rates[k]);
-  }
+  check_rates(rates);
   // kind -> (steps, rows, cols); per-sequence and per-call kinds use t = 0.
-  const int64_t shapes[kNumMaskKinds][3] = {{1, B, I},      {1, B, R}, {1, 4 * H, R},
+  const int64_t shapes[kNumMaskKinds][3] = {{1, B, I},      {1, B, R}, {1, gates * H, R},
                                             {T, B, H},      {T, B, H}, {T, B, R}};
   std::vector<Tensor> out;
   for (int k = 0; k < kNumMaskKinds; ++k) {

@@ -1,0 +1,860 @@
+// CUDA forward and backward of the layer ops (SPEC §2, §2b, §5): the same functions as
+// layer_cpu.cpp, with the same masks, workspace and schemas, for both cells.
+//
+// One layer driver, templated over the cell (CellKind, CellTraits in layer.h), does everything
+// the LSTM and the GRU share: the plan, the per-sequence masks, the input GEMM, the per-step
+// recurrent GEMM, the state after each step (zoneout on h, the output, the recurrent-dropped copy
+// ĥ that the next GEMM reads), lengths (at a padded position the state passes through, the output
+// is 0 and the workspace gates are 0), the rolling or full workspace, the split of dL/dh through
+// zoneout in backward and the input and weight gradients after the loop. A cell contributes only
+// its per-unit pointwise step (CudaCell below), which calls cell_math.h and re-derives nothing.
+//
+// Forward: one GEMM projects the (masked) inputs of all steps into a (T, B, G*H) scratch tensor;
+// per step, one GEMM computes the recurrent term Ŵ_hh ĥ_{t-1} (the LSTM accumulates it into the
+// projection, the GRU writes it with b_hh to a (B, 3H) buffer of its own, since
+// n = tanh(gi_n + r ⊙ gh_n) needs it apart) and one fused pointwise kernel applies the cell with
+// the per-step masks drawn from the Philox stream (philox.h), writing the post-activation gates
+// to the workspace, the output and the state. An LSTM projection adds a GEMM and a small state
+// kernel per step. Backward walks the steps in reverse with one fused pointwise kernel and one GEMM
+// per step (two of each with a projection); the input and weight gradients are single GEMMs after
+// the loop.
+//
+// One thread owns a quad of four consecutive units of one sample: the Philox block that draws
+// their masks is computed once (the counter layout of philox.h) and no mask is ever stored. The
+// pointwise kernels are templates over the regularizer switches <kCand, kZoneC, kZoneH>, so an
+// unregularized call draws no random number. Arithmetic runs in at::opmath_type<scalar_t>
+// (float for half/bfloat16); the GEMMs run in the storage dtype through ATen's cuBLAS ops
+// (at::addmm_out / at::mm_out into preallocated buffers: at::cuda::blas is not exported from
+// libtorch_cuda, and this way torch's TF32 and reduced-precision settings apply), which accumulate
+// in float. Everything is queued on the current stream; nothing here synchronizes with the host.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+#include "cell_math.h"
+#include "layer.h"
+
+namespace rnnfused {
+
+namespace {
+
+constexpr int kThreads = 128;
+
+int64_t num_blocks(int64_t work) {
+  // A grid-stride loop covers whatever a capped grid does not.
+  return std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(1) << 20);
+}
+
+#define RNNFUSED_GRID_STRIDE(n, total)                                                        \
+  for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < (total); \
+       n += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+template <typename scalar_t>
+scalar_t* ptr_or_null(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+// The projection (W_hr, proj_size > 0) exists for the LSTM only.
+template <CellKind kCell>
+constexpr bool kCanProject = kCell == CellKind::kLstm;
+
+// ---------------------------------------------------------------------------------------------
+// Masks
+// ---------------------------------------------------------------------------------------------
+
+// The device equivalent of sequence_masks(): a (rows, cols) inverted-dropout scale, t = 0.
+template <typename scalar_t>
+__global__ void sequence_mask_kernel(scalar_t* __restrict__ scale, int64_t rows, int64_t cols,
+                                     MaskStream stream, uint32_t threshold, scalar_t inv_keep) {
+  const int64_t quads = (cols + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, rows * quads) {
+    const int64_t r = n / quads, q = n % quads;
+    const Philox4x32 words = stream.quad(0, r, q);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t col = q * 4 + k;
+      if (col < cols) {
+        scale[r * cols + col] = dropout_keep(words.v[k], threshold) ? inv_keep : scalar_t(0);
+      }
+    }
+  }
+}
+
+SequenceMasks sequence_masks_cuda(const LayerPlan& plan, const at::TensorOptions& opts) {
+  SequenceMasks out;
+  auto make = [&](MaskKind kind, int64_t rows, int64_t cols) {
+    Tensor scale = at::empty({rows, cols}, opts);
+    if (scale.numel() == 0) return scale;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scale.scalar_type(),
+                                    "sequence_masks_cuda", [&] {
+      const int64_t quads = (cols + 3) / 4;
+      sequence_mask_kernel<scalar_t>
+          <<<num_blocks(rows * quads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              scale.data_ptr<scalar_t>(), rows, cols, plan.stream(kind), plan.threshold(kind),
+              static_cast<scalar_t>(plan.inv_keep(kind)));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return scale;
+  };
+  if (plan.input_dropout()) out.input_scale = make(kMaskInput, plan.B, plan.I);
+  if (plan.recurrent_dropout()) out.recurrent_scale = make(kMaskRecurrent, plan.B, plan.R);
+  if (plan.weight_drop()) out.weight_scale = make(kMaskWeight, plan.G * plan.H, plan.R);
+  return out;
+}
+
+// What the pointwise kernels need to know about a call's per-step masks, in a form a kernel
+// can take by value (LayerPlan's helpers are host code).
+template <typename acc_t>
+struct StepMaskParams {
+  MaskStream cand, zone_c, zone_h;
+  uint32_t cand_threshold, zone_c_threshold, zone_h_threshold;
+  acc_t cand_inv_keep;
+  acc_t zone_c_rate, zone_h_rate;  // evaluation: zoneout at its expectation
+  bool training;
+
+  explicit StepMaskParams(const LayerPlan& plan)
+      : cand(plan.stream(kMaskCandidate)),
+        zone_c(plan.stream(kMaskZoneoutC)),
+        zone_h(plan.stream(kMaskZoneoutH)),
+        cand_threshold(plan.threshold(kMaskCandidate)),
+        zone_c_threshold(plan.threshold(kMaskZoneoutC)),
+        zone_h_threshold(plan.threshold(kMaskZoneoutH)),
+        cand_inv_keep(static_cast<acc_t>(plan.inv_keep(kMaskCandidate))),
+        zone_c_rate(static_cast<acc_t>(plan.rate[kMaskZoneoutC])),
+        zone_h_rate(static_cast<acc_t>(plan.rate[kMaskZoneoutH])),
+        training(plan.training) {}
+
+  // Zoneout of one quad: the 0/1 keep-previous mask in training, the rate in evaluation.
+  __device__ __forceinline__ void zoneout(const MaskStream& stream, uint32_t threshold,
+                                          acc_t rate, int64_t t, int64_t b, int64_t q,
+                                          acc_t (&z)[4]) const {
+    if (training) {
+      const Philox4x32 w = stream.quad(t, b, q);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) z[k] = zoneout_value<acc_t>(w.v[k], threshold);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) z[k] = rate;
+    }
+  }
+};
+
+// The per-step masks of one quad of units (the device twin of layer_cpu.cpp's mask drawing).
+template <typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+struct QuadMasks {
+  acc_t cand[4] = {1, 1, 1, 1};
+  acc_t zc[4] = {0, 0, 0, 0};
+  acc_t zh[4] = {0, 0, 0, 0};
+
+  // The identity masks of a padded position (nothing is computed there).
+  __device__ __forceinline__ QuadMasks() {}
+
+  __device__ __forceinline__ QuadMasks(const StepMaskParams<acc_t>& p, int64_t t, int64_t b,
+                                       int64_t q, bool draw_zh) {
+    if constexpr (kCand) {
+      const Philox4x32 w = p.cand.quad(t, b, q);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        cand[k] = dropout_scale<acc_t>(w.v[k], p.cand_threshold, p.cand_inv_keep);
+      }
+    }
+    if constexpr (kZoneC) p.zoneout(p.zone_c, p.zone_c_threshold, p.zone_c_rate, t, b, q, zc);
+    if constexpr (kZoneH) {
+      if (draw_zh) p.zoneout(p.zone_h, p.zone_h_threshold, p.zone_h_rate, t, b, q, zh);
+    }
+  }
+};
+
+__device__ __forceinline__ bool is_active(const int64_t* len, int64_t t, int64_t b) {
+  return len == nullptr || t < len[b];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pointers of one step
+// ---------------------------------------------------------------------------------------------
+
+// The pointers of one forward step: row-major (B, ·) slices of the call's tensors. What a cell
+// does not have is null.
+template <typename scalar_t>
+struct ForwardStep {
+  const scalar_t* pre;  // (B, G*H) input term; LSTM: with the recurrent term added (a_t)
+  const scalar_t* gh;   // (B, G*H) GRU: the recurrent term Ŵ_hh ĥ_{t-1} + b_hh
+  const scalar_t* h_prev;
+  scalar_t* h_next;     // (B, R)
+  const scalar_t* c_prev;
+  scalar_t* c_next;     // (B, H) LSTM
+  scalar_t* gates;      // (B, 4H) workspace gates at t, or null without workspace
+  scalar_t* ctil;       // (B, H) LSTM: c̃ before zoneout, or null
+  scalar_t* out;        // (B, R) the output at input position t
+  scalar_t* hhat_next;  // (B, R) h ⊙ mh for the next GEMM, or null without recurrent dropout
+  const scalar_t* mh;   // (B, R) recurrent-dropout scale, or null
+  scalar_t* htil;       // (B, H) LSTM: h̃ for the projection GEMM, or null without projection
+  const int64_t* len;   // (B) on the device, or null
+};
+
+// The pointers of one backward step.
+template <typename scalar_t, typename acc_t>
+struct BackwardStep {
+  const scalar_t* gates;    // (B, 4H) workspace gates at t
+  const scalar_t* h_prev;   // (B, R) the state before the step
+  const scalar_t* c_prev;   // (B, H) LSTM: cell before the step
+  const scalar_t* c_tilde;  // (B, H) LSTM: c̃ of the step
+  const scalar_t* dhtil;    // (B, H) LSTM with a projection: dL/dh̃ (from its GEMM), else null
+  const scalar_t* dy;       // (B, R) dL/dy_t
+  acc_t* zpart;             // (B, R) in: dL/dh carried from later steps, outside the GEMM;
+                            //        out: the same for the step before
+  const scalar_t* dhhat;    // (B, R) dL/dĥ from step s+1's GEMM, or null at the last step
+  const scalar_t* mh;       // (B, R) recurrent-dropout scale, or null
+  acc_t* dc;                // (B, H) LSTM: in: dL/dc after the step; out: before it
+  scalar_t* da;             // (B, G*H) out: dL/d(recurrent term), the LSTM's only one (a_t)
+  scalar_t* dgi;            // (B, G*H) GRU out: dL/d(input term); LSTM: null
+  scalar_t* htil;           // (B, H) LSTM out with a projection: h̃ for the W_hr gradient
+  scalar_t* dproj;          // (B, R) LSTM out with a projection: dL/d(W_hr h̃)
+  const int64_t* len;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The cells' per-unit steps: unit j of sample b (bj = b * H + j), at an active position or a
+// padded one. Everything around them (masks, state, lengths) is the driver's.
+// ---------------------------------------------------------------------------------------------
+
+template <CellKind kCell>
+struct CudaCell;
+
+template <>
+struct CudaCell<CellKind::kLstm> {
+  static constexpr int64_t kG = CellTraits<CellKind::kLstm>::kGates;
+
+  // The new cell (zoned out on c) and the workspace; returns h̃ = o tanh(c̃).
+  template <typename scalar_t, typename acc_t, bool kZoneC>
+  static __device__ __forceinline__ acc_t forward(const ForwardStep<scalar_t>& s, int64_t b,
+                                                  int64_t j, int64_t bj, int64_t H, acc_t cand,
+                                                  acc_t zc) {
+    const scalar_t* a = s.pre + b * kG * H;
+    const acc_t c_prev = static_cast<acc_t>(s.c_prev[bj]);
+    const Gates<acc_t> gate =
+        activate_gates<acc_t>(static_cast<acc_t>(a[j]), static_cast<acc_t>(a[H + j]),
+                              static_cast<acc_t>(a[2 * H + j]), static_cast<acc_t>(a[3 * H + j]));
+    const CellForward<acc_t> cell = cell_forward<acc_t>(gate, c_prev, cand);
+    s.c_next[bj] =
+        static_cast<scalar_t>(kZoneC ? zoneout_mix(c_prev, cell.c_tilde, zc) : cell.c_tilde);
+    if (s.gates != nullptr) {
+      scalar_t* g = s.gates + b * kWorkspaceGates * H;
+      g[j] = static_cast<scalar_t>(gate.i);
+      g[H + j] = static_cast<scalar_t>(gate.f);
+      g[2 * H + j] = static_cast<scalar_t>(gate.g);
+      g[3 * H + j] = static_cast<scalar_t>(gate.o);
+    }
+    if (s.ctil != nullptr) s.ctil[bj] = static_cast<scalar_t>(cell.c_tilde);
+    return cell.h_tilde;
+  }
+
+  // A padded position: the cell passes through, the workspace gates are 0.
+  template <typename scalar_t>
+  static __device__ __forceinline__ void forward_padded(const ForwardStep<scalar_t>& s, int64_t b,
+                                                        int64_t j, int64_t bj, int64_t H) {
+    const scalar_t c_prev = s.c_prev[bj];
+    s.c_next[bj] = c_prev;
+    if (s.gates != nullptr) {
+      scalar_t* g = s.gates + b * kWorkspaceGates * H;
+      g[j] = g[H + j] = g[2 * H + j] = g[3 * H + j] = scalar_t(0);
+    }
+    if (s.ctil != nullptr) s.ctil[bj] = c_prev;
+  }
+
+  // dL/da_t from dL/dh̃; carries dL/dc back through the step.
+  template <typename scalar_t, typename acc_t, bool kZoneC>
+  static __device__ __forceinline__ void backward(const BackwardStep<scalar_t, acc_t>& s,
+                                                  int64_t b, int64_t j, int64_t bj, int64_t H,
+                                                  acc_t cand, acc_t zc, acc_t dh_tilde) {
+    const scalar_t* g = s.gates + b * kWorkspaceGates * H;
+    const Gates<acc_t> gate{static_cast<acc_t>(g[j]), static_cast<acc_t>(g[H + j]),
+                            static_cast<acc_t>(g[2 * H + j]), static_cast<acc_t>(g[3 * H + j])};
+    const acc_t c_tilde = static_cast<acc_t>(s.c_tilde[bj]);
+    if (s.htil != nullptr) s.htil[bj] = static_cast<scalar_t>(gate.o * act_tanh(c_tilde));
+    acc_t dcell = s.dc[bj];
+    const GateGrads<acc_t> grad = cell_backward<acc_t>(
+        gate, static_cast<acc_t>(s.c_prev[bj]), c_tilde, cand, kZoneC ? zc : acc_t(0), dh_tilde,
+        dcell);
+    s.dc[bj] = dcell;
+    scalar_t* d = s.da + b * kG * H;
+    d[j] = static_cast<scalar_t>(grad.a_i);
+    d[H + j] = static_cast<scalar_t>(grad.a_f);
+    d[2 * H + j] = static_cast<scalar_t>(grad.a_g);
+    d[3 * H + j] = static_cast<scalar_t>(grad.a_o);
+  }
+
+  // A padded position: no gradient reaches the gates; dL/dc passes through unchanged.
+  template <typename scalar_t, typename acc_t>
+  static __device__ __forceinline__ void backward_padded(const BackwardStep<scalar_t, acc_t>& s,
+                                                         int64_t b, int64_t j, int64_t bj,
+                                                         int64_t H) {
+    scalar_t* d = s.da + b * kG * H;
+    d[j] = d[H + j] = d[2 * H + j] = d[3 * H + j] = scalar_t(0);
+    if (s.htil != nullptr) s.htil[bj] = scalar_t(0);
+  }
+};
+
+template <>
+struct CudaCell<CellKind::kGru> {
+  static constexpr int64_t kG = CellTraits<CellKind::kGru>::kGates;
+
+  // The gates and the workspace [r | z | n | gh_n]; returns h̃ = (1 - z) n̂ + z h_prev.
+  template <typename scalar_t, typename acc_t, bool kZoneC>
+  static __device__ __forceinline__ acc_t forward(const ForwardStep<scalar_t>& s, int64_t b,
+                                                  int64_t j, int64_t bj, int64_t H, acc_t cand,
+                                                  acc_t /*zc: no cell state*/) {
+    const scalar_t* gi = s.pre + b * kG * H;
+    const scalar_t* gh = s.gh + b * kG * H;
+    const GruGates<acc_t> gate = gru_activate<acc_t>(
+        static_cast<acc_t>(gi[j]), static_cast<acc_t>(gi[H + j]), static_cast<acc_t>(gi[2 * H + j]),
+        static_cast<acc_t>(gh[j]), static_cast<acc_t>(gh[H + j]), static_cast<acc_t>(gh[2 * H + j]));
+    if (s.gates != nullptr) {
+      scalar_t* g = s.gates + b * kWorkspaceGates * H;
+      g[j] = static_cast<scalar_t>(gate.r);
+      g[H + j] = static_cast<scalar_t>(gate.z);
+      g[2 * H + j] = static_cast<scalar_t>(gate.n);
+      g[3 * H + j] = static_cast<scalar_t>(gate.hn);
+    }
+    return gru_cell_forward<acc_t>(gate, static_cast<acc_t>(s.h_prev[bj]), cand);
+  }
+
+  template <typename scalar_t>
+  static __device__ __forceinline__ void forward_padded(const ForwardStep<scalar_t>& s, int64_t b,
+                                                        int64_t j, int64_t /*bj*/, int64_t H) {
+    if (s.gates != nullptr) {
+      scalar_t* g = s.gates + b * kWorkspaceGates * H;
+      g[j] = g[H + j] = g[2 * H + j] = g[3 * H + j] = scalar_t(0);
+    }
+  }
+
+  // dL/dgi_t = [dr, dz, da_n] and dL/dgh_t = [dr, dz, da_n r] from dL/dh̃; adds the share of
+  // dL/dh_{t-1} that flows through z h_prev directly (the rest comes through the GEMM).
+  template <typename scalar_t, typename acc_t, bool kZoneC>
+  static __device__ __forceinline__ void backward(const BackwardStep<scalar_t, acc_t>& s,
+                                                  int64_t b, int64_t j, int64_t bj, int64_t H,
+                                                  acc_t cand, acc_t /*zc: no cell state*/,
+                                                  acc_t dh_tilde) {
+    const scalar_t* g = s.gates + b * kWorkspaceGates * H;
+    const GruGates<acc_t> gate{static_cast<acc_t>(g[j]), static_cast<acc_t>(g[H + j]),
+                               static_cast<acc_t>(g[2 * H + j]), static_cast<acc_t>(g[3 * H + j])};
+    const GruGrads<acc_t> grad =
+        gru_cell_backward<acc_t>(gate, static_cast<acc_t>(s.h_prev[bj]), cand, dh_tilde);
+    const scalar_t d_r = static_cast<scalar_t>(grad.gi_r);
+    const scalar_t d_z = static_cast<scalar_t>(grad.gi_z);
+    scalar_t* dgi = s.dgi + b * kG * H;
+    scalar_t* dgh = s.da + b * kG * H;
+    dgi[j] = d_r;
+    dgi[H + j] = d_z;
+    dgi[2 * H + j] = static_cast<scalar_t>(grad.gi_n);
+    dgh[j] = d_r;
+    dgh[H + j] = d_z;
+    dgh[2 * H + j] = static_cast<scalar_t>(grad.gh_n);
+    s.zpart[bj] += grad.h_prev;
+  }
+
+  template <typename scalar_t, typename acc_t>
+  static __device__ __forceinline__ void backward_padded(const BackwardStep<scalar_t, acc_t>& s,
+                                                         int64_t b, int64_t j, int64_t /*bj*/,
+                                                         int64_t H) {
+    scalar_t* dgi = s.dgi + b * kG * H;
+    scalar_t* dgh = s.da + b * kG * H;
+    dgi[j] = dgi[H + j] = dgi[2 * H + j] = scalar_t(0);
+    dgh[j] = dgh[H + j] = dgh[2 * H + j] = scalar_t(0);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward kernels
+// ---------------------------------------------------------------------------------------------
+
+// h_t from h̃_t: zoneout, the output, and the recurrent-dropped copy the next GEMM reads.
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__device__ __forceinline__ void finish_state(const ForwardStep<scalar_t>& s, int64_t br, bool on,
+                                             acc_t h_fresh, acc_t zh) {
+  const acc_t h_prev = static_cast<acc_t>(s.h_prev[br]);
+  acc_t h = h_prev;
+  if (on) h = kZoneH ? zoneout_mix(h_prev, h_fresh, zh) : h_fresh;
+  const scalar_t stored = static_cast<scalar_t>(h);
+  s.h_next[br] = stored;
+  s.out[br] = on ? stored : scalar_t(0);
+  // ĥ from the state as stored (as the CPU does and as backward's weight gradient sees it).
+  if (s.mh != nullptr) {
+    s.hhat_next[br] = static_cast<scalar_t>(static_cast<acc_t>(stored) * static_cast<acc_t>(s.mh[br]));
+  }
+}
+
+// The cell of step t over (B, H). Without a projection it also finishes the state; with one
+// (LSTM) it leaves h̃ in htil for the projection GEMM.
+template <CellKind kCell, typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> mp, int64_t t, int64_t B,
+                        int64_t H, bool has_proj_) {
+  using Cell = CudaCell<kCell>;
+  using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
+  const bool has_proj = kCanProject<kCell> && has_proj_;
+  const int64_t quads = (H + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    const Masks masks = on ? Masks(mp, t, b, q, !has_proj) : Masks();
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t j = q * 4 + k;
+      if (j >= H) break;
+      const int64_t bj = b * H + j;
+      if (!on) {
+        Cell::template forward_padded<scalar_t>(s, b, j, bj, H);
+        if (has_proj) {
+          s.htil[bj] = scalar_t(0);
+        } else {
+          finish_state<scalar_t, acc_t, kZoneH>(s, bj, false, acc_t(0), acc_t(0));
+        }
+        continue;
+      }
+      const acc_t h_tilde = Cell::template forward<scalar_t, acc_t, kZoneC>(
+          s, b, j, bj, H, masks.cand[k], masks.zc[k]);
+      if (has_proj) {
+        s.htil[bj] = static_cast<scalar_t>(h_tilde);
+      } else {
+        finish_state<scalar_t, acc_t, kZoneH>(s, bj, true, h_tilde, masks.zh[k]);
+      }
+    }
+  }
+}
+
+// The state of step t over (B, P) after the projection GEMM left W_hr h̃ in hproj (LSTM).
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    forward_projected_state_kernel(ForwardStep<scalar_t> s, const scalar_t* __restrict__ hproj,
+                                   StepMaskParams<acc_t> mp, int64_t t, int64_t B, int64_t R) {
+  const int64_t quads = (R + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    acc_t zh[4] = {0, 0, 0, 0};
+    if constexpr (kZoneH) {
+      if (on) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t r = q * 4 + k;
+      if (r >= R) break;
+      const int64_t br = b * R + r;
+      finish_state<scalar_t, acc_t, kZoneH>(s, br, on, static_cast<acc_t>(hproj[br]), zh[k]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward kernels
+// ---------------------------------------------------------------------------------------------
+
+// dL/dh_s of the state after step s, split through zoneout on h (layer_cpu.cpp's
+// backward_state). Returns dL/dh̃_s (0 at a padded position, where dL/dh passes through).
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__device__ __forceinline__ acc_t backward_state(const BackwardStep<scalar_t, acc_t>& s,
+                                                int64_t br, bool on, acc_t zh) {
+  acc_t dh = s.zpart[br];
+  if (s.dhhat != nullptr) {
+    const acc_t d = static_cast<acc_t>(s.dhhat[br]);
+    dh += s.mh != nullptr ? d * static_cast<acc_t>(s.mh[br]) : d;
+  }
+  if (!on) {
+    s.zpart[br] = dh;
+    return acc_t(0);
+  }
+  dh += static_cast<acc_t>(s.dy[br]);
+  if constexpr (kZoneH) {
+    const ZoneoutGrads<acc_t> z = zoneout_backward(dh, zh);
+    s.zpart[br] = z.prev;
+    return z.fresh;
+  } else {
+    s.zpart[br] = acc_t(0);
+    return dh;
+  }
+}
+
+// The cell of backward step t over (B, H); without a projection the state pass is fused in.
+template <CellKind kCell, typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp, int64_t t,
+                         int64_t B, int64_t H, bool has_proj_) {
+  using Cell = CudaCell<kCell>;
+  using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
+  const bool has_proj = kCanProject<kCell> && has_proj_;
+  const int64_t quads = (H + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    const Masks masks = on ? Masks(mp, t, b, q, !has_proj) : Masks();
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t j = q * 4 + k;
+      if (j >= H) break;
+      const int64_t bj = b * H + j;
+      acc_t dh_tilde;
+      if (has_proj) {
+        dh_tilde = on ? static_cast<acc_t>(s.dhtil[bj]) : acc_t(0);
+      } else {
+        dh_tilde = backward_state<scalar_t, acc_t, kZoneH>(s, bj, on, masks.zh[k]);
+      }
+      if (!on) {
+        Cell::template backward_padded<scalar_t, acc_t>(s, b, j, bj, H);
+        continue;
+      }
+      Cell::template backward<scalar_t, acc_t, kZoneC>(s, b, j, bj, H, masks.cand[k],
+                                                       masks.zc[k], dh_tilde);
+    }
+  }
+}
+
+// The state of backward step t with a projection, over (B, P): writes dL/d(W_hr h̃) (LSTM).
+template <typename scalar_t, typename acc_t, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    backward_projected_state_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp,
+                                    int64_t t, int64_t B, int64_t R) {
+  const int64_t quads = (R + 3) / 4;
+  RNNFUSED_GRID_STRIDE(n, B * quads) {
+    const int64_t b = n / quads, q = n % quads;
+    const bool on = is_active(s.len, t, b);
+    acc_t zh[4] = {0, 0, 0, 0};
+    if constexpr (kZoneH) {
+      if (on) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t r = q * 4 + k;
+      if (r >= R) break;
+      const int64_t br = b * R + r;
+      s.dproj[br] = static_cast<scalar_t>(backward_state<scalar_t, acc_t, kZoneH>(s, br, on, zh[k]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side: the layer driver
+// ---------------------------------------------------------------------------------------------
+
+void check_cuda_device(const Tensor& input) {
+  TORCH_CHECK_VALUE(input.is_cuda(), "rnnfused: the CUDA kernels need input on a CUDA device, "
+                    "got ", input.device());
+}
+
+// The lengths on the device of the call: one small copy per call, queued on the stream. Staged
+// through pinned memory, because a copy from pageable memory would wait for the stream's work.
+Tensor device_lengths(const LayerPlan& plan, const c10::optional<Tensor>& lengths,
+                      const at::Device& device) {
+  if (!plan.has_lengths) return Tensor();
+  return lengths->contiguous().pin_memory().to(device, at::kLong, /*non_blocking=*/true);
+}
+
+// Row-major (rows, cols) matrix view of a contiguous buffer at an element offset: the GEMMs of
+// the time loop write into slices of preallocated tensors.
+Tensor rows_of(const Tensor& t, int64_t offset, int64_t rows, int64_t cols) {
+  return t.as_strided({rows, cols}, {cols, 1}, t.storage_offset() + offset);
+}
+
+template <CellKind kCell>
+LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
+  using Traits = CellTraits<kCell>;
+  constexpr int64_t G = Traits::kGates;
+  constexpr int64_t W = kWorkspaceGates;
+  const LayerPlan plan = plan_forward(kCell, args);
+  const Tensor& input = args.input;
+  const bool need_workspace = args.need_workspace;
+  check_cuda_device(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  const auto opts = input.options();
+  const SequenceMasks seq = sequence_masks_cuda(plan, opts);
+
+  // x̂ = x ⊙ mx / (1 - p_in): the same (B, I) mask at every step.
+  Tensor xhat = input.contiguous();
+  if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
+  // Ŵ_hh = W_hh ⊙ M / (1 - p_w): one mask per call.
+  Tensor w_hh = args.weight_hh.contiguous();
+  if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
+  const Tensor w_hh_t = w_hh.t();
+  const Tensor w_hr_t = plan.has_proj ? args.weight_hr->contiguous().t() : Tensor();
+  const Tensor mh = seq.recurrent_scale;
+  const Tensor len = device_lengths(plan, args.lengths, input.device());
+
+  // The input term of all steps, a scratch tensor. LSTM: Xp = x̂ W_ih^T + b_ih + b_hh, to which
+  // each step adds its recurrent term in place; GRU: gi = x̂ W_ih^T + b_ih (b_hh goes with gh).
+  const Tensor xhat2 = xhat.view({T * B, I});
+  Tensor xp;
+  if (plan.has_bias) {
+    const Tensor bias = Traits::kSeparateRecurrent ? *args.bias_ih : *args.bias_ih + *args.bias_hh;
+    xp = at::addmm(bias, xhat2, args.weight_ih.t());
+  } else {
+    xp = at::mm(xhat2, args.weight_ih.t());
+  }
+  xp = xp.view({T, B, G * H});
+  // GRU: the recurrent term of the step, Ŵ_hh ĥ_{t-1} + b_hh.
+  Tensor gh = Traits::kSeparateRecurrent ? at::empty({B, G * H}, opts) : Tensor();
+  const Tensor b_hh = Traits::kSeparateRecurrent && plan.has_bias ? args.bias_hh->contiguous()
+                                                                   : Tensor();
+
+  Tensor output = at::empty({T, B, R}, opts);
+  Tensor gates, hs, cs, ctil;
+  // Two rolling states suffice when backward will not run.
+  const int64_t kept = need_workspace ? T + 1 : 2;
+  hs = at::empty({kept, B, R}, opts);
+  hs[0].copy_(args.h0);
+  if constexpr (Traits::kHasCell) {
+    cs = at::empty({kept, B, H}, opts);
+    cs[0].copy_(*args.c0);
+  }
+  // The workspace gates have a buffer of their own (not the input term's scratch).
+  if (need_workspace) {
+    gates = at::empty({T, B, W * H}, opts);
+    if (plan.zoneout_c()) ctil = at::empty({T, B, H}, opts);
+  }
+  Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
+  if (mh.defined()) hhat[0].copy_(args.h0 * mh);
+  Tensor htil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor hproj = plan.has_proj ? at::empty({B, R}, opts) : Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "layer_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* hs_p = hs.data_ptr<scalar_t>();
+    scalar_t* cs_p = ptr_or_null<scalar_t>(cs);
+    scalar_t* hhat_p = ptr_or_null<scalar_t>(hhat);
+    scalar_t* gates_p = ptr_or_null<scalar_t>(gates);  // null without workspace
+    scalar_t* ctil_p = ptr_or_null<scalar_t>(ctil);    // null without zoneout on c
+    const StepMaskParams<acc_t> mp(plan);
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
+    const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
+
+    dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = plan.time_of(s);
+        const int64_t cur = need_workspace ? s : s % 2;
+        const int64_t nxt = need_workspace ? s + 1 : (s + 1) % 2;
+        const Tensor hhat_prev = hhat_p ? rows_of(hhat, (s % 2) * B * R, B, R)
+                                        : rows_of(hs, cur * B * R, B, R);
+        Tensor pre = rows_of(xp, t * B * G * H, B, G * H);
+        if constexpr (Traits::kSeparateRecurrent) {
+          // gh = ĥ_{s-1} Ŵ_hh^T + b_hh
+          if (b_hh.defined()) {
+            at::addmm_out(gh, b_hh, hhat_prev, w_hh_t);
+          } else {
+            at::mm_out(gh, hhat_prev, w_hh_t);
+          }
+        } else {
+          // a_t = Xp_t + ĥ_{s-1} Ŵ_hh^T, in place.
+          at::addmm_out(pre, pre, hhat_prev, w_hh_t);
+        }
+        const ForwardStep<scalar_t> step{
+            pre.data_ptr<scalar_t>(),
+            Traits::kSeparateRecurrent ? gh.data_ptr<scalar_t>() : nullptr,
+            hs_p + cur * B * R,
+            hs_p + nxt * B * R,
+            cs_p ? cs_p + cur * B * H : nullptr,
+            cs_p ? cs_p + nxt * B * H : nullptr,
+            gates_p ? gates_p + t * B * W * H : nullptr,
+            kZoneC && ctil_p ? ctil_p + t * B * H : nullptr,
+            output.data_ptr<scalar_t>() + t * B * R,
+            hhat_p ? hhat_p + ((s + 1) % 2) * B * R : nullptr,
+            ptr_or_null<scalar_t>(mh),
+            ptr_or_null<scalar_t>(htil),
+            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
+        if (cell_blocks > 0) {
+          forward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>
+              <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        if constexpr (kCanProject<kCell>) {
+          if (plan.has_proj) {
+            at::mm_out(hproj, htil, w_hr_t);  // W_hr h̃
+            if (state_blocks > 0) {
+              forward_projected_state_kernel<scalar_t, acc_t, kZoneH>
+                  <<<state_blocks, kThreads, 0, stream>>>(step, hproj.data_ptr<scalar_t>(), mp,
+                                                          t, B, R);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            }
+          }
+        }
+      }
+    });
+  });
+
+  return finish_forward(plan, need_workspace, std::move(output), std::move(gates), std::move(hs),
+                        std::move(cs), std::move(ctil));
+}
+
+template <CellKind kCell>
+LayerGrads layer_backward_cuda(const BackwardArgs& args) {
+  using Traits = CellTraits<kCell>;
+  constexpr int64_t G = Traits::kGates;
+  constexpr int64_t W = kWorkspaceGates;
+  const LayerPlan plan = plan_backward(kCell, args);
+  const Tensor& input = args.input;
+  check_cuda_device(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t T = plan.T, B = plan.B, H = plan.H, R = plan.R;
+  const auto opts = input.options();
+  // The gradients carried from step to step stay in the compute precision (float for
+  // half/bfloat16); what a GEMM reads or writes is in the storage dtype.
+  const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
+  const SequenceMasks seq = sequence_masks_cuda(plan, opts);
+  const Tensor grad_output = args.grad_output.contiguous();
+  const Tensor gates = args.gates.contiguous(), hs = args.hs.contiguous();
+  const Tensor cs = Traits::kHasCell ? args.cs->contiguous() : Tensor();
+  const Tensor ctil = Traits::kHasCell && plan.zoneout_c() ? args.ctil->contiguous() : Tensor();
+  Tensor w_hh = args.weight_hh.contiguous();
+  if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
+  const Tensor w_hr = plan.has_proj ? args.weight_hr->contiguous() : Tensor();
+  const Tensor mh = seq.recurrent_scale;
+  const Tensor len = device_lengths(plan, args.lengths, input.device());
+
+  // dL/d(recurrent term) and dL/d(input term), indexed by t: one tensor for the LSTM, whose two
+  // terms are summed into a_t; two for the GRU.
+  Tensor da = at::empty({T, B, G * H}, opts);
+  Tensor dgi = Traits::kSeparateRecurrent ? at::empty({T, B, G * H}, opts) : da;
+  Tensor zpart = at::empty({B, R}, acc_opts).copy_(args.grad_h_n);  // dL/dh carried back
+  Tensor dc = Traits::kHasCell ? at::empty({B, H}, acc_opts).copy_(*args.grad_c_n)
+                               : Tensor();                           // dL/dc carried back
+  Tensor dhhat = at::empty({B, R}, opts);                            // dL/dĥ from step s+1's GEMM
+  Tensor dproj = plan.has_proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
+  Tensor dhtil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "layer_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* cs_p = ptr_or_null<scalar_t>(cs);
+    const scalar_t* ctil_p = ptr_or_null<scalar_t>(ctil);
+    const StepMaskParams<acc_t> mp(plan);
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
+    const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
+    dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = plan.time_of(s);
+        const Tensor da_t = rows_of(da, t * B * G * H, B, G * H);
+        const BackwardStep<scalar_t, acc_t> step{
+            gates.data_ptr<scalar_t>() + t * B * W * H,
+            hs.data_ptr<scalar_t>() + s * B * R,
+            cs_p ? cs_p + s * B * H : nullptr,
+            cs_p ? (kZoneC ? ctil_p + t * B * H : cs_p + (s + 1) * B * H) : nullptr,
+            ptr_or_null<scalar_t>(dhtil),
+            grad_output.data_ptr<scalar_t>() + t * B * R,
+            zpart.data_ptr<acc_t>(),
+            s == T - 1 ? nullptr : dhhat.data_ptr<scalar_t>(),
+            ptr_or_null<scalar_t>(mh),
+            ptr_or_null<acc_t>(dc),
+            da_t.data_ptr<scalar_t>(),
+            Traits::kSeparateRecurrent ? dgi.data_ptr<scalar_t>() + t * B * G * H : nullptr,
+            plan.has_proj ? htil.data_ptr<scalar_t>() + t * B * H : nullptr,
+            plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr,
+            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
+        if constexpr (kCanProject<kCell>) {
+          if (plan.has_proj) {
+            if (state_blocks > 0) {
+              backward_projected_state_kernel<scalar_t, acc_t, kZoneH>
+                  <<<state_blocks, kThreads, 0, stream>>>(step, mp, t, B, R);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            }
+            // dL/dh̃ = dL/d(W_hr h̃) W_hr
+            at::mm_out(dhtil, rows_of(dproj, t * B * R, B, R), w_hr);
+          }
+        }
+        if (cell_blocks > 0) {
+          backward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>
+              <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        // dL/dĥ_{s-1} = dL/d(recurrent term)_t Ŵ_hh
+        at::mm_out(dhhat, da_t, w_hh);
+      }
+    });
+  });
+
+  // dL/dh0 = the share carried outside the GEMM + dĥ ⊙ mh from the first step.
+  Tensor grad_h0 = T > 0 ? zpart + (mh.defined() ? dhhat * mh : dhhat) : zpart;
+  grad_h0 = grad_h0.to(input.scalar_type());
+  Tensor grad_c0 = Traits::kHasCell ? dc.to(input.scalar_type()) : Tensor();
+
+  return input_and_weight_gradients(plan, seq, input, args.weight_ih, dgi, da, hs, dproj, htil,
+                                    std::move(grad_h0), std::move(grad_c0));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The ops
+// ---------------------------------------------------------------------------------------------
+
+LstmForwardResult lstm_forward_cuda(const Tensor& input, const Tensor& h0, const Tensor& c0,
+                                    const Tensor& weight_ih, const Tensor& weight_hh,
+                                    const c10::optional<Tensor>& bias_ih,
+                                    const c10::optional<Tensor>& bias_hh,
+                                    const c10::optional<Tensor>& weight_hr,
+                                    const c10::optional<Tensor>& lengths, const Tensor& seed,
+                                    int64_t layer, bool reverse, bool training,
+                                    at::ArrayRef<double> rates, bool need_workspace) {
+  const c10::optional<Tensor> c0_opt(c0);
+  return lstm_forward_result(layer_forward_cuda<CellKind::kLstm>(
+      {input, h0, c0_opt, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, seed, layer,
+       reverse, training, rates, need_workspace}));
+}
+
+LstmBackwardResult lstm_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
+                                      const Tensor& grad_c_n, const Tensor& input,
+                                      const Tensor& weight_ih, const Tensor& weight_hh,
+                                      const c10::optional<Tensor>& weight_hr,
+                                      const c10::optional<Tensor>& lengths, const Tensor& seed,
+                                      int64_t layer, bool reverse, bool training,
+                                      at::ArrayRef<double> rates, const Tensor& gates,
+                                      const Tensor& hs, const Tensor& cs, const Tensor& ctil,
+                                      bool has_bias) {
+  const c10::optional<Tensor> grad_c_n_opt(grad_c_n), cs_opt(cs), ctil_opt(ctil);
+  return lstm_backward_result(layer_backward_cuda<CellKind::kLstm>(
+      {grad_output, grad_h_n, grad_c_n_opt, input, weight_ih, weight_hh, weight_hr, lengths, seed,
+       layer, reverse, training, rates, gates, hs, cs_opt, ctil_opt, has_bias}));
+}
+
+GruForwardResult gru_forward_cuda(const Tensor& input, const Tensor& h0, const Tensor& weight_ih,
+                                  const Tensor& weight_hh, const c10::optional<Tensor>& bias_ih,
+                                  const c10::optional<Tensor>& bias_hh,
+                                  const c10::optional<Tensor>& lengths, const Tensor& seed,
+                                  int64_t layer, bool reverse, bool training,
+                                  at::ArrayRef<double> rates, bool need_workspace) {
+  const c10::optional<Tensor> none;
+  return gru_forward_result(layer_forward_cuda<CellKind::kGru>(
+      {input, h0, none, weight_ih, weight_hh, bias_ih, bias_hh, none, lengths, seed, layer,
+       reverse, training, rates, need_workspace}));
+}
+
+GruBackwardResult gru_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
+                                    const Tensor& input, const Tensor& weight_ih,
+                                    const Tensor& weight_hh, const c10::optional<Tensor>& lengths,
+                                    const Tensor& seed, int64_t layer, bool reverse,
+                                    bool training, at::ArrayRef<double> rates,
+                                    const Tensor& gates, const Tensor& hs, bool has_bias) {
+  const c10::optional<Tensor> none;
+  return gru_backward_result(layer_backward_cuda<CellKind::kGru>(
+      {grad_output, grad_h_n, none, input, weight_ih, weight_hh, none, lengths, seed, layer,
+       reverse, training, rates, gates, hs, none, none, has_bias}));
+}
+
+TORCH_LIBRARY_IMPL(rnnfused, CUDA, m) {
+  m.impl("lstm_forward", &lstm_forward_cuda);
+  m.impl("lstm_backward", &lstm_backward_cuda);
+  m.impl("gru_forward", &gru_forward_cuda);
+  m.impl("gru_backward", &gru_backward_cuda);
+}
+
+}  // namespace rnnfused
