@@ -14,11 +14,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 #include "cell_math.h"
 #include "cpu_blas.h"
 #include "layer.h"
+#include "layer_ops.h"
 
 namespace rnnfused {
 
@@ -123,6 +125,13 @@ struct BackwardChunk {
   int64_t H;
 };
 
+// Stores a chunk's n values of each workspace gate, gate g at ws[g * H].
+template <typename scalar_t>
+void store_workspace(scalar_t* ws, int64_t H, int64_t n,
+                     const std::array<const scalar_t*, kWorkspaceGates>& values) {
+  for (int g = 0; g < kWorkspaceGates; ++g) std::copy(values[g], values[g] + n, ws + g * H);
+}
+
 template <CellKind kCell>
 struct CellChunk;
 
@@ -150,12 +159,7 @@ struct CellChunk<CellKind::kLstm> {
       c_tilde[k] = cell.c_tilde;
       h_tilde[k] = cell.h_tilde;
     }
-    if (io.ws) {
-      std::copy(gi, gi + n, io.ws);
-      std::copy(gf, gf + n, io.ws + H);
-      std::copy(gg, gg + n, io.ws + 2 * H);
-      std::copy(go, go + n, io.ws + 3 * H);
-    }
+    if (io.ws) store_workspace(io.ws, H, n, {gi, gf, gg, go});
     if (io.ctil) std::copy(c_tilde, c_tilde + n, io.ctil);
   }
 
@@ -203,12 +207,7 @@ struct CellChunk<CellKind::kGru> {
       nn[k] = gate.n;
       hn[k] = gate.hn;
     }
-    if (io.ws) {
-      std::copy(r, r + n, io.ws);
-      std::copy(z, z + n, io.ws + H);
-      std::copy(nn, nn + n, io.ws + 2 * H);
-      std::copy(hn, hn + n, io.ws + 3 * H);
-    }
+    if (io.ws) store_workspace(io.ws, H, n, {r, z, nn, hn});
   }
 
   template <typename acc_t, bool kCand, bool kZoneC>
@@ -674,70 +673,16 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
                                     std::move(grad_h0), std::move(dc));
 }
 
+// The layer driver of this device, as layer_ops.h calls it.
+struct CpuDevice {
+  template <CellKind kCell>
+  static LayerOutputs forward(const ForwardArgs& args) { return layer_forward_cpu<kCell>(args); }
+  template <CellKind kCell>
+  static LayerGrads backward(const BackwardArgs& args) { return layer_backward_cpu<kCell>(args); }
+};
+
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// The ops
-// ---------------------------------------------------------------------------------------------
-
-LstmForwardResult lstm_forward_cpu(const Tensor& input, const Tensor& h0, const Tensor& c0,
-                                   const Tensor& weight_ih, const Tensor& weight_hh,
-                                   const c10::optional<Tensor>& bias_ih,
-                                   const c10::optional<Tensor>& bias_hh,
-                                   const c10::optional<Tensor>& weight_hr,
-                                   const c10::optional<Tensor>& lengths, const Tensor& seed,
-                                   int64_t layer, bool reverse, bool training,
-                                   at::ArrayRef<double> rates, bool need_workspace) {
-  const c10::optional<Tensor> c0_opt(c0);
-  return lstm_forward_result(layer_forward_cpu<CellKind::kLstm>(
-      {input, h0, c0_opt, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, seed, layer,
-       reverse, training, rates, need_workspace}));
-}
-
-LstmBackwardResult lstm_backward_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
-                                     const Tensor& grad_c_n, const Tensor& input,
-                                     const Tensor& weight_ih, const Tensor& weight_hh,
-                                     const c10::optional<Tensor>& weight_hr,
-                                     const c10::optional<Tensor>& lengths, const Tensor& seed,
-                                     int64_t layer, bool reverse, bool training,
-                                     at::ArrayRef<double> rates, const Tensor& gates,
-                                     const Tensor& hs, const Tensor& cs, const Tensor& ctil,
-                                     bool has_bias) {
-  const c10::optional<Tensor> grad_c_n_opt(grad_c_n), cs_opt(cs), ctil_opt(ctil);
-  return lstm_backward_result(layer_backward_cpu<CellKind::kLstm>(
-      {grad_output, grad_h_n, grad_c_n_opt, input, weight_ih, weight_hh, weight_hr, lengths, seed,
-       layer, reverse, training, rates, gates, hs, cs_opt, ctil_opt, has_bias}));
-}
-
-GruForwardResult gru_forward_cpu(const Tensor& input, const Tensor& h0, const Tensor& weight_ih,
-                                 const Tensor& weight_hh, const c10::optional<Tensor>& bias_ih,
-                                 const c10::optional<Tensor>& bias_hh,
-                                 const c10::optional<Tensor>& lengths, const Tensor& seed,
-                                 int64_t layer, bool reverse, bool training,
-                                 at::ArrayRef<double> rates, bool need_workspace) {
-  const c10::optional<Tensor> none;
-  return gru_forward_result(layer_forward_cpu<CellKind::kGru>(
-      {input, h0, none, weight_ih, weight_hh, bias_ih, bias_hh, none, lengths, seed, layer,
-       reverse, training, rates, need_workspace}));
-}
-
-GruBackwardResult gru_backward_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
-                                   const Tensor& input, const Tensor& weight_ih,
-                                   const Tensor& weight_hh, const c10::optional<Tensor>& lengths,
-                                   const Tensor& seed, int64_t layer, bool reverse, bool training,
-                                   at::ArrayRef<double> rates, const Tensor& gates,
-                                   const Tensor& hs, bool has_bias) {
-  const c10::optional<Tensor> none;
-  return gru_backward_result(layer_backward_cpu<CellKind::kGru>(
-      {grad_output, grad_h_n, none, input, weight_ih, weight_hh, none, lengths, seed, layer,
-       reverse, training, rates, gates, hs, none, none, has_bias}));
-}
-
-TORCH_LIBRARY_IMPL(rnnfused, CPU, m) {
-  m.impl("lstm_forward", &lstm_forward_cpu);
-  m.impl("lstm_backward", &lstm_backward_cpu);
-  m.impl("gru_forward", &gru_forward_cpu);
-  m.impl("gru_backward", &gru_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(rnnfused, CPU, m) { register_layer_ops<CpuDevice>(m); }
 
 }  // namespace rnnfused

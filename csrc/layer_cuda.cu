@@ -41,6 +41,7 @@
 
 #include "cell_math.h"
 #include "layer.h"
+#include "layer_ops.h"
 
 namespace rnnfused {
 
@@ -791,70 +792,16 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
                                     std::move(grad_h0), std::move(grad_c0));
 }
 
+// The layer driver of this device, as layer_ops.h calls it.
+struct CudaDevice {
+  template <CellKind kCell>
+  static LayerOutputs forward(const ForwardArgs& args) { return layer_forward_cuda<kCell>(args); }
+  template <CellKind kCell>
+  static LayerGrads backward(const BackwardArgs& args) { return layer_backward_cuda<kCell>(args); }
+};
+
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// The ops
-// ---------------------------------------------------------------------------------------------
-
-LstmForwardResult lstm_forward_cuda(const Tensor& input, const Tensor& h0, const Tensor& c0,
-                                    const Tensor& weight_ih, const Tensor& weight_hh,
-                                    const c10::optional<Tensor>& bias_ih,
-                                    const c10::optional<Tensor>& bias_hh,
-                                    const c10::optional<Tensor>& weight_hr,
-                                    const c10::optional<Tensor>& lengths, const Tensor& seed,
-                                    int64_t layer, bool reverse, bool training,
-                                    at::ArrayRef<double> rates, bool need_workspace) {
-  const c10::optional<Tensor> c0_opt(c0);
-  return lstm_forward_result(layer_forward_cuda<CellKind::kLstm>(
-      {input, h0, c0_opt, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, seed, layer,
-       reverse, training, rates, need_workspace}));
-}
-
-LstmBackwardResult lstm_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
-                                      const Tensor& grad_c_n, const Tensor& input,
-                                      const Tensor& weight_ih, const Tensor& weight_hh,
-                                      const c10::optional<Tensor>& weight_hr,
-                                      const c10::optional<Tensor>& lengths, const Tensor& seed,
-                                      int64_t layer, bool reverse, bool training,
-                                      at::ArrayRef<double> rates, const Tensor& gates,
-                                      const Tensor& hs, const Tensor& cs, const Tensor& ctil,
-                                      bool has_bias) {
-  const c10::optional<Tensor> grad_c_n_opt(grad_c_n), cs_opt(cs), ctil_opt(ctil);
-  return lstm_backward_result(layer_backward_cuda<CellKind::kLstm>(
-      {grad_output, grad_h_n, grad_c_n_opt, input, weight_ih, weight_hh, weight_hr, lengths, seed,
-       layer, reverse, training, rates, gates, hs, cs_opt, ctil_opt, has_bias}));
-}
-
-GruForwardResult gru_forward_cuda(const Tensor& input, const Tensor& h0, const Tensor& weight_ih,
-                                  const Tensor& weight_hh, const c10::optional<Tensor>& bias_ih,
-                                  const c10::optional<Tensor>& bias_hh,
-                                  const c10::optional<Tensor>& lengths, const Tensor& seed,
-                                  int64_t layer, bool reverse, bool training,
-                                  at::ArrayRef<double> rates, bool need_workspace) {
-  const c10::optional<Tensor> none;
-  return gru_forward_result(layer_forward_cuda<CellKind::kGru>(
-      {input, h0, none, weight_ih, weight_hh, bias_ih, bias_hh, none, lengths, seed, layer,
-       reverse, training, rates, need_workspace}));
-}
-
-GruBackwardResult gru_backward_cuda(const Tensor& grad_output, const Tensor& grad_h_n,
-                                    const Tensor& input, const Tensor& weight_ih,
-                                    const Tensor& weight_hh, const c10::optional<Tensor>& lengths,
-                                    const Tensor& seed, int64_t layer, bool reverse,
-                                    bool training, at::ArrayRef<double> rates,
-                                    const Tensor& gates, const Tensor& hs, bool has_bias) {
-  const c10::optional<Tensor> none;
-  return gru_backward_result(layer_backward_cuda<CellKind::kGru>(
-      {grad_output, grad_h_n, none, input, weight_ih, weight_hh, none, lengths, seed, layer,
-       reverse, training, rates, gates, hs, none, none, has_bias}));
-}
-
-TORCH_LIBRARY_IMPL(rnnfused, CUDA, m) {
-  m.impl("lstm_forward", &lstm_forward_cuda);
-  m.impl("lstm_backward", &lstm_backward_cuda);
-  m.impl("gru_forward", &gru_forward_cuda);
-  m.impl("gru_backward", &gru_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(rnnfused, CUDA, m) { register_layer_ops<CudaDevice>(m); }
 
 }  // namespace rnnfused
