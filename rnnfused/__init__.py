@@ -3,6 +3,7 @@ recurrence (zoneout, variational dropout, candidate dropout, weight drop), as a 
 replacement for torch.nn.LSTM.
 
     rnnfused.LSTM            the module (nn.LSTM's API plus the regularization rates)
+    rnnfused.GRU             the same for torch.nn.GRU (its API plus the rates)
     rnnfused.functional      one fused layer (lstm_layer), its masks (lstm_masks), draw_seed
     rnnfused.reference       the pure-PyTorch oracle of the same math
     rnnfused.regularization  the regularizers that live outside the recurrence (AWD-LSTM's
@@ -10,13 +11,13 @@ replacement for torch.nn.LSTM.
 """
 from . import _ops, functional, reference, regularization
 from ._ops import has_cuda_kernels
-from .functional import draw_seed, lstm_layer, lstm_masks
-from .modules import LSTM
+from .functional import draw_seed, gru_layer, gru_masks, lstm_layer, lstm_masks
+from .modules import GRU, LSTM
 from .regularization import (EarlyStopping, EmbeddingDropout, LockedDropout, ar_loss,
                              embedding_dropout, tar_loss)
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "functional", "reference", "regularization", "lstm_layer", "lstm_masks",
-           "draw_seed", "has_cuda_kernels", "LockedDropout", "EmbeddingDropout",
+__all__ = ["LSTM", "GRU", "functional", "reference", "regularization", "lstm_layer", "lstm_masks",
+           "gru_layer", "gru_masks", "draw_seed", "has_cuda_kernels", "LockedDropout", "EmbeddingDropout",
            "embedding_dropout", "EarlyStopping", "ar_loss", "tar_loss", "__version__"]

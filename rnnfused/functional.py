@@ -83,14 +83,27 @@ def _requires_grad(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _call_setup(input, tensors, rates, *, seed, training, generator, lengths):
+def _call_setup(named, rates, *, seed, training, generator, lengths):
     """What both layer functions do before calling their op: checks, the seed, the lengths, the
-    autocast dtype, and whether backward will need the workspace."""
+    autocast dtype, and whether backward will need the workspace. named: {argument: tensor or
+    None}, in the op's order, input first."""
+    input = named["input"]
     if not isinstance(input, Tensor):
         raise TypeError(f"rnnfused: input must be a Tensor, got {type(input).__name__}")
     if input.dim() != 3:
         raise ValueError(f"rnnfused: input must be 3-D (seq_len, batch, input_size), got "
                          f"{input.dim()}-D of shape {tuple(input.shape)}")
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"rnnfused: {name} must be a Tensor, got {type(t).__name__}")
+        # Checked here as well as in C++: a tensor on the meta device would otherwise send the
+        # whole call to the fake implementation, which computes nothing.
+        if t.device != input.device:
+            raise ValueError(f"rnnfused: {name} must be on the device of input ({input.device}), "
+                             f"got {t.device}")
+    tensors = tuple(named.values())
     needs_seed = bool(training) and any(r > 0 for r in rates)
     seed_t = _as_seed(seed, needs_seed, generator)
     lengths_t = _as_lengths(lengths, input.shape[1], input.shape[0])
@@ -124,7 +137,8 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
     rates = [check_rate(n, v) for n, v in zip(RATE_NAMES, (
         input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_c, zoneout_h))]
     tensors, seed_t, lengths_t, need_workspace = _call_setup(
-        input, (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr), rates,
+        dict(input=input, h0=h0, c0=c0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+             bias_hh=bias_hh, weight_hr=weight_hr), rates,
         seed=seed, training=training, generator=generator, lengths=lengths)
     output, h_n, c_n = _ops.lstm_forward(
         *tensors, lengths_t, seed_t, int(layer), bool(reverse), bool(training), rates,
@@ -151,8 +165,9 @@ def gru_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_h))]
     rates.insert(_ZONEOUT_C, 0.0)
     tensors, seed_t, lengths_t, need_workspace = _call_setup(
-        input, (input, h0, weight_ih, weight_hh, bias_ih, bias_hh), rates, seed=seed,
-        training=training, generator=generator, lengths=lengths)
+        dict(input=input, h0=h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+             bias_hh=bias_hh), rates, seed=seed, training=training, generator=generator,
+        lengths=lengths)
     output, h_n = _ops.gru_forward(
         *tensors, lengths_t, seed_t, int(layer), bool(reverse), bool(training), rates,
         need_workspace)[:2]

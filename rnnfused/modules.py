@@ -1,86 +1,71 @@
-"""rnnfused.LSTM: a drop-in for torch.nn.LSTM with regularizers inside the recurrence (SPEC §4).
+"""rnnfused.LSTM and rnnfused.GRU: drop-ins for torch.nn.LSTM / torch.nn.GRU with regularizers
+inside the recurrence (SPEC §2, §2b, §4).
 
-The stack and the directions live here; each (layer, direction) is one call of the fused layer
-op (`rnnfused.functional.lstm_layer`). The parameters, their names, shapes, initialisation and
-state_dict keys are torch.nn.LSTM's, so weights move between the two both ways.
+The ladder's top rungs live here: `RNNBase` holds the stack over layers and directions, the
+parameters (nn.LSTM's and nn.GRU's names, shapes, initialisation and state_dict keys, so weights
+move between the two both ways), the per-layer rates, the hx checks and the packed / unbatched /
+batch-first handling. `LSTM` and `GRU` only name their gate count, their state, their rates and
+the per-(layer, direction) call: one fused layer op, `rnnfused.functional.lstm_layer` /
+`gru_layer`.
 
-It is an nn.Module rather than an nn.LSTM subclass on purpose: torch.compile refuses to trace
-anything that is an instance of nn.LSTM, and tracing without graph breaks is one of the things
-this module offers over nn.LSTM.
+They are nn.Modules rather than nn.LSTM / nn.GRU subclasses on purpose: torch.compile refuses to
+trace anything that is an instance of torch's RNN modules, and tracing without graph breaks is one
+of the things these modules offer over them.
 """
 import math
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+import warnings
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .functional import check_rate, lstm_layer, _seed_tensor
+from .functional import GRU_RATE_NAMES, RATE_NAMES, _seed_tensor, check_rate, gru_layer, lstm_layer
 
-__all__ = ["LSTM"]
+__all__ = ["RNNBase", "LSTM", "GRU"]
 
 Rate = Union[float, Sequence[float]]
-_RATE_ARGS = ("input_dropout", "recurrent_dropout", "weight_drop", "candidate_dropout",
-              "zoneout_c", "zoneout_h")
 
 
-def _per_layer(name: str, value: Rate, num_layers: int) -> Tuple[float, ...]:
-    """A rate given as one float or one value per layer, as a tuple with one value per layer."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != num_layers:
-            raise ValueError(f"rnnfused.LSTM: {name} must be a float or hold one value per layer "
-                             f"({num_layers}), got {len(value)} values")
-        return tuple(check_rate(name, v) for v in value)
-    return (check_rate(name, value),) * num_layers
+class RNNBase(nn.Module):
+    """What rnnfused.LSTM and rnnfused.GRU share, as torch.nn.RNNBase is for torch's RNNs.
 
-
-class LSTM(nn.Module):
-    r"""Multi-layer LSTM with zoneout, variational dropout, candidate dropout and weight drop
-    applied inside fused kernels; with every rate 0 it computes exactly what torch.nn.LSTM does.
-
-    Arguments before ``*`` are torch.nn.LSTM's. The regularizers (each a float for all layers or a
-    sequence with one value per layer; rates lie in [0, 1)):
-
-    - ``zoneout``: zoneout rate on both the cell and the hidden state (Krueger et al., 2017);
-      ``zoneout_c`` / ``zoneout_h`` override one of them.
-    - ``input_dropout``: variational dropout on each layer's input, one mask per sequence
-      (Gal & Ghahramani, 2016).
-    - ``recurrent_dropout``: variational dropout on the recurrent state h_{t-1}, one mask per
-      sequence.
-    - ``weight_drop``: DropConnect on the recurrent weights W_hh, one mask per forward call
-      (Merity et al., 2018, AWD-LSTM).
-    - ``candidate_dropout``: dropout on the cell candidate g, a new mask each step
-      (Semeniuta et al., 2016).
-
-    In evaluation mode dropout and weight drop are the identity and zoneout takes its expectation.
-    ``dropout`` keeps nn.LSTM's meaning: ordinary dropout on each layer's output but the last.
+    A subclass names its `mode` ("LSTM" / "GRU", which is also torch's class name), `gate_count`,
+    `rate_names` (the per-layer rates, spelled as the layer function's keywords), the constructor
+    argument each rate comes from where that differs (`rate_arguments`), and implements
+    `_layer` (one layer, one direction), `_hx_tensors` and `_as_hx` (its state as torch's modules
+    take and return it) and `_state_sizes`.
     """
+
+    mode: ClassVar[str]
+    gate_count: ClassVar[int]
+    rate_names: ClassVar[Tuple[str, ...]]
+    rate_arguments: ClassVar[Dict[str, str]] = {}
+    # The constructor arguments that torch's module has too (from_/to_ conversion copies them).
+    _config_names: ClassVar[Tuple[str, ...]] = ("input_size", "hidden_size", "num_layers", "bias",
+                                                 "batch_first", "dropout", "bidirectional")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, zoneout: Rate = 0.0,
-                 zoneout_c: Optional[Rate] = None, zoneout_h: Optional[Rate] = None,
-                 input_dropout: Rate = 0.0, recurrent_dropout: Rate = 0.0, weight_drop: Rate = 0.0,
-                 candidate_dropout: Rate = 0.0):
+                 proj_size: int = 0, device=None, dtype=None, *, rates: Dict[str, Rate]):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-                raise ValueError(f"rnnfused.LSTM: {name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{self._name}: {name} must be a positive integer, got {value!r}")
         if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) or proj_size < 0:
-            raise ValueError(f"rnnfused.LSTM: proj_size must be a non-negative integer, got {proj_size!r}")
+            raise ValueError(f"{self._name}: proj_size must be a non-negative integer, got "
+                             f"{proj_size!r}")
         if proj_size >= hidden_size:
-            raise ValueError("rnnfused.LSTM: proj_size has to be smaller than hidden_size")
+            raise ValueError(f"{self._name}: proj_size has to be smaller than hidden_size")
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
-            raise ValueError("rnnfused.LSTM: dropout should be a number in range [0, 1] representing "
+            raise ValueError(f"{self._name}: dropout should be a number in range [0, 1] representing "
                              "the probability of an element being zeroed")
         if dropout > 0 and num_layers == 1:
-            import warnings
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
                           f"non-zero dropout expects num_layers greater than 1, but got "
                           f"dropout={dropout} and num_layers={num_layers}")
-        self.mode = "LSTM"
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -89,27 +74,44 @@ class LSTM(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.proj_size = int(proj_size)
-        self.zoneout_c = _per_layer("zoneout_c", zoneout if zoneout_c is None else zoneout_c,
-                                    self.num_layers)
-        self.zoneout_h = _per_layer("zoneout_h", zoneout if zoneout_h is None else zoneout_h,
-                                    self.num_layers)
-        self.input_dropout = _per_layer("input_dropout", input_dropout, self.num_layers)
-        self.recurrent_dropout = _per_layer("recurrent_dropout", recurrent_dropout, self.num_layers)
-        self.weight_drop = _per_layer("weight_drop", weight_drop, self.num_layers)
-        self.candidate_dropout = _per_layer("candidate_dropout", candidate_dropout, self.num_layers)
+        for name in self.rate_names:
+            setattr(self, name, self._per_layer(self.rate_arguments.get(name, name), rates[name]))
+        self._make_parameters({"device": device, "dtype": dtype})
+        self.reset_parameters()
 
-        factory = {"device": device, "dtype": dtype}
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        gate_size = 4 * self.hidden_size
+    @property
+    def _name(self) -> str:
+        return f"rnnfused.{type(self).mode}"
+
+    @property
+    def _num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _real_hidden(self) -> int:
+        """The size of h (and of each direction's output): proj_size with a projection, else H."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    def _per_layer(self, name: str, value: Rate) -> Tuple[float, ...]:
+        """A rate given as one float or one value per layer, as a tuple with one value per layer."""
+        if isinstance(value, (list, tuple)):
+            if len(value) != self.num_layers:
+                raise ValueError(f"{self._name}: {name} must be a float or hold one value per "
+                                 f"layer ({self.num_layers}), got {len(value)} values")
+            return tuple(check_rate(name, v) for v in value)
+        return (check_rate(name, value),) * self.num_layers
+
+    def _make_parameters(self, factory) -> None:
+        gate_size = self.gate_count * self.hidden_size
         self._flat_weights_names = []
         self._all_weights = []
         for layer in range(self.num_layers):
-            for direction in range(num_directions):
-                layer_input = self.input_size if layer == 0 else real_hidden * num_directions
+            for direction in range(self._num_directions):
+                layer_input = (self.input_size if layer == 0
+                               else self._real_hidden * self._num_directions)
                 suffix = "_reverse" if direction == 1 else ""
                 shapes = [("weight_ih", (gate_size, layer_input)),
-                          ("weight_hh", (gate_size, real_hidden))]
+                          ("weight_hh", (gate_size, self._real_hidden))]
                 if self.bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
                 if self.proj_size > 0:
@@ -121,12 +123,11 @@ class LSTM(nn.Module):
                     names.append(name)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
-        self.reset_parameters()
 
-    # -- nn.LSTM's surface ------------------------------------------------------------------
+    # -- torch's RNN surface ------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """nn.LSTM's initialisation: U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for all."""
+        """torch's initialisation: U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for all."""
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
@@ -156,168 +157,321 @@ class LSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
-        for name in _RATE_ARGS:
+        for name in self.rate_names:
             values = getattr(self, name)
             if any(v > 0 for v in values):
                 shown = values[0] if len(set(values)) == 1 else list(values)
-                s += f", {name}={shown}"
+                s += f", {self.rate_arguments.get(name, name)}={shown}"
         return s
 
-    # -- conversion --------------------------------------------------------------------------
+    # -- conversion ----------------------------------------------------------------------------
+
+    @classmethod
+    def _torch_class(cls) -> type:
+        return getattr(nn, cls.mode)
+
+    @classmethod
+    def _from_torch(cls, module: nn.Module, **rates) -> "RNNBase":
+        """A module of this class with `module`'s configuration and weights (on its device and
+        dtype) and the given regularization rates."""
+        torch_class, arg = cls._torch_class(), cls.mode.lower()
+        if not isinstance(module, torch_class):
+            raise TypeError(f"rnnfused.{cls.mode}.from_{arg}: {arg} must be a torch.nn.{cls.mode}, "
+                            f"got {type(module).__name__}")
+        ref = next(module.parameters())
+        config = {name: getattr(module, name) for name in cls._config_names}
+        model = cls(**config, device=ref.device, dtype=ref.dtype, **rates)
+        model.load_state_dict(module.state_dict())
+        model.train(module.training)
+        return model
+
+    def _to_torch(self) -> nn.Module:
+        """torch's module with this configuration and these weights (the regularizers inside the
+        recurrence have no equivalent there and are dropped)."""
+        ref = next(self.parameters())
+        config = {name: getattr(self, name) for name in self._config_names}
+        module = self._torch_class()(**config, device=ref.device, dtype=ref.dtype)
+        module.load_state_dict(self.state_dict())
+        module.train(self.training)
+        return module
+
+    # -- what a subclass says about its cell ----------------------------------------------------
+
+    def _state_sizes(self) -> Dict[str, int]:
+        """{name of each initial-state tensor: its last size}, in the layer function's order."""
+        raise NotImplementedError
+
+    def _hx_tensors(self, hx) -> List[Tensor]:
+        """The user's hx as a list of tensors, one per entry of _state_sizes (not yet checked)."""
+        raise NotImplementedError
+
+    def _as_hx(self, states: List[Tensor]):
+        """The final states as torch's module returns them."""
+        raise NotImplementedError
+
+    def _layer(self, input: Tensor, states: List[Tensor], weights: Dict[str, Tensor], **kwargs):
+        """One fused layer, one direction -> (output, [final state tensors])."""
+        raise NotImplementedError
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _needs_seed(self) -> bool:
+        if not self.training:
+            return False
+        return any(v > 0 for name in self.rate_names for v in getattr(self, name))
+
+    def _check_hx(self, hx, batch: int, unbatched: bool, ref: Tensor) -> List[Tensor]:
+        states = self._hx_tensors(hx)
+        num_states = self._num_directions * self.num_layers
+        out = []
+        for (name, size), state in zip(self._state_sizes().items(), states):
+            where = f"hx ({name})" if len(states) == 1 else f"hx[{len(out)}] ({name})"
+            if not isinstance(state, Tensor):
+                raise TypeError(f"{self._name}: {where} must be a Tensor, got "
+                                f"{type(state).__name__}")
+            want_dim = 2 if unbatched else 3
+            if state.dim() != want_dim:
+                kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                raise ValueError(f"{self._name}: for {kind} input, {where} should be {want_dim}-D "
+                                 f"but got {state.dim()}-D tensor")
+            want = (num_states, size) if unbatched else (num_states, batch, size)
+            if tuple(state.shape) != want:
+                raise ValueError(f"{self._name}: {where} must have shape {want}, "
+                                 f"got {tuple(state.shape)}")
+            if state.dtype != ref.dtype or state.device != ref.device:
+                raise ValueError(f"{self._name}: {where} must have the input's dtype and device "
+                                 f"({ref.dtype}, {ref.device}), got "
+                                 f"({state.dtype}, {state.device})")
+            out.append(state.unsqueeze(1) if unbatched else state)
+        return out
+
+    def _time_major(self, input):
+        """(x (T, B, I), lengths or None, unbatched) of a Tensor or a PackedSequence."""
+        if isinstance(input, PackedSequence):
+            x, lengths = pad_packed_sequence(input, batch_first=False)  # original sample order
+            return x, lengths, False
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{self._name}: input must be a Tensor or a PackedSequence, got "
+                            f"{type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{self._name}: input must be 2-D (unbatched) or 3-D, got "
+                             f"{input.dim()}-D of shape {tuple(input.shape)}")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else input
+        if self.batch_first and not unbatched:
+            x = x.transpose(0, 1)
+        return x, None, unbatched
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{self._name}: input.size(-1) must be equal to input_size. "
+                             f"Expected {self.input_size}, got {x.shape[-1]}")
+        weight = self.weight_ih_l0
+        if x.dtype != weight.dtype or x.device != weight.device:
+            raise ValueError(f"{self._name}: input must have the parameters' dtype and device "
+                             f"({weight.dtype}, {weight.device}), got ({x.dtype}, {x.device})")
+        if x.shape[0] == 0:
+            raise ValueError(f"{self._name}: input has a zero-length sequence (seq_len = 0); "
+                             f"nn.{self.mode} cannot run it either")
+
+    def _stack(self, x: Tensor, states: List[Tensor], lengths: Optional[Tensor]):
+        """The layers in sequence, each running its directions on the previous layer's output,
+        with nn.LSTM's `dropout` between layers. Returns (output (T, B, D*R), final states)."""
+        seed = _seed_tensor(None) if self._needs_seed() else torch.zeros((), dtype=torch.int64)
+        finals = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            rates = {name: getattr(self, name)[layer] for name in self.rate_names}
+            outputs = []
+            for direction in range(self._num_directions):
+                idx = layer * self._num_directions + direction
+                weights = {name.split("_l")[0]: getattr(self, name)
+                           for name in self._all_weights[idx]}
+                out, final = self._layer(layer_input, [s[idx] for s in states], weights, seed=seed,
+                                         training=self.training, layer=layer,
+                                         reverse=direction == 1, lengths=lengths, **rates)
+                outputs.append(out)
+                finals.append(final)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+        return layer_input, [torch.stack(per_state, 0) for per_state in zip(*finals)]
+
+    def forward(self, input, hx=None):
+        x, lengths, unbatched = self._time_major(input)
+        self._check_input(x)
+        batch = x.shape[1]
+        if hx is None:
+            shape = (self.num_layers * self._num_directions, batch)
+            states = [x.new_zeros(shape + (size,)) for size in self._state_sizes().values()]
+        else:
+            states = self._check_hx(hx, batch, unbatched, x)
+
+        output, finals = self._stack(x, states, lengths)
+
+        if isinstance(input, PackedSequence):
+            sorted_indices = input.sorted_indices
+            if sorted_indices is not None:
+                output = output.index_select(1, sorted_indices)
+                lengths = lengths.index_select(0, sorted_indices.cpu())
+            data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
+            output = PackedSequence(data, input.batch_sizes, sorted_indices, input.unsorted_indices)
+        elif unbatched:
+            output, finals = output.squeeze(1), [f.squeeze(1) for f in finals]
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, self._as_hx(finals)
+
+
+class LSTM(RNNBase):
+    r"""Multi-layer LSTM with zoneout, variational dropout, candidate dropout and weight drop
+    applied inside fused kernels; with every rate 0 it computes exactly what torch.nn.LSTM does.
+
+    Arguments before ``*`` are torch.nn.LSTM's. The regularizers (each a float for all layers or a
+    sequence with one value per layer; rates lie in [0, 1)):
+
+    - ``zoneout``: zoneout rate on both the cell and the hidden state (Krueger et al., 2017);
+      ``zoneout_c`` / ``zoneout_h`` override one of them.
+    - ``input_dropout``: variational dropout on each layer's input, one mask per sequence
+      (Gal & Ghahramani, 2016).
+    - ``recurrent_dropout``: variational dropout on the recurrent state h_{t-1}, one mask per
+      sequence.
+    - ``weight_drop``: DropConnect on the recurrent weights W_hh, one mask per forward call
+      (Merity et al., 2018, AWD-LSTM).
+    - ``candidate_dropout``: dropout on the cell candidate g, a new mask each step
+      (Semeniuta et al., 2016).
+
+    In evaluation mode dropout and weight drop are the identity and zoneout takes its expectation.
+    ``dropout`` keeps nn.LSTM's meaning: ordinary dropout on each layer's output but the last.
+    """
+
+    mode = "LSTM"
+    gate_count = 4
+    rate_names = RATE_NAMES
+    _config_names = RNNBase._config_names + ("proj_size",)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, zoneout: Rate = 0.0,
+                 zoneout_c: Optional[Rate] = None, zoneout_h: Optional[Rate] = None,
+                 input_dropout: Rate = 0.0, recurrent_dropout: Rate = 0.0, weight_drop: Rate = 0.0,
+                 candidate_dropout: Rate = 0.0):
+        rates = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
+                     weight_drop=weight_drop, candidate_dropout=candidate_dropout,
+                     zoneout_c=zoneout if zoneout_c is None else zoneout_c,
+                     zoneout_h=zoneout if zoneout_h is None else zoneout_h)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, rates=rates)
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM, **rates) -> "LSTM":
         """A rnnfused.LSTM with `lstm`'s configuration and weights (on its device and dtype) and
         the given regularization rates."""
-        if not isinstance(lstm, nn.LSTM):
-            raise TypeError(f"rnnfused.LSTM.from_lstm: lstm must be a torch.nn.LSTM, got "
-                            f"{type(lstm).__name__}")
-        ref = next(lstm.parameters())
-        model = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
-                    lstm.batch_first, lstm.dropout, lstm.bidirectional, lstm.proj_size,
-                    device=ref.device, dtype=ref.dtype, **rates)
-        model.load_state_dict(lstm.state_dict())
-        model.train(lstm.training)
-        return model
+        return cls._from_torch(lstm, **rates)
 
     def to_lstm(self) -> nn.LSTM:
         """A torch.nn.LSTM with this module's configuration and weights (the regularizers inside
         the recurrence have no nn.LSTM equivalent and are dropped)."""
-        ref = next(self.parameters())
-        lstm = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias,
-                       self.batch_first, self.dropout, self.bidirectional, self.proj_size,
-                       device=ref.device, dtype=ref.dtype)
-        lstm.load_state_dict(self.state_dict())
-        lstm.train(self.training)
-        return lstm
+        return self._to_torch()
 
-    # -- forward -----------------------------------------------------------------------------
+    def _state_sizes(self) -> Dict[str, int]:
+        return {"h_0": self._real_hidden, "c_0": self.hidden_size}
 
-    def _needs_seed(self) -> bool:
-        if not self.training:
-            return False
-        return any(v > 0 for name in _RATE_ARGS for v in getattr(self, name))
-
-    def _check_hx(self, hx, batch: int, unbatched: bool, ref: Tensor):
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        expected = [(self.num_layers * num_directions, batch, real_hidden),
-                    (self.num_layers * num_directions, batch, self.hidden_size)]
+    def _hx_tensors(self, hx) -> List[Tensor]:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("rnnfused.LSTM: hx must be a tuple (h_0, c_0) of tensors")
-        out = []
-        for k, (state, shape, name) in enumerate(zip(hx, expected, ("h_0", "c_0"))):
-            if not isinstance(state, Tensor):
-                raise TypeError(f"rnnfused.LSTM: hx[{k}] ({name}) must be a Tensor, got "
-                                f"{type(state).__name__}")
-            want_dim = 2 if unbatched else 3
-            if state.dim() != want_dim:
-                raise ValueError(f"rnnfused.LSTM: for {'unbatched 2-D' if unbatched else 'batched 3-D'} "
-                                 f"input, hx[{k}] ({name}) should be {want_dim}-D but got "
-                                 f"{state.dim()}-D tensor")
-            if unbatched:
-                state = state.unsqueeze(1)
-            if tuple(state.shape) != shape:
-                got = tuple(state.shape if not unbatched else state.squeeze(1).shape)
-                want = shape if not unbatched else (shape[0], shape[2])
-                raise ValueError(f"rnnfused.LSTM: hx[{k}] ({name}) must have shape {want}, "
-                                 f"got {got}")
-            if state.dtype != ref.dtype or state.device != ref.device:
-                raise ValueError(f"rnnfused.LSTM: hx[{k}] ({name}) must have the input's dtype "
-                                 f"and device ({ref.dtype}, {ref.device}), got "
-                                 f"({state.dtype}, {state.device})")
-            out.append(state)
-        return out
+        return list(hx)
+
+    def _as_hx(self, states: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        return states[0], states[1]
+
+    def _layer(self, input, states, weights, **kwargs):
+        out, h, c = lstm_layer(
+            input, states[0], states[1], weights["weight_ih"], weights["weight_hh"],
+            weights.get("bias_ih"), weights.get("bias_hh"), weights.get("weight_hr"), **kwargs)
+        return out, (h, c)
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        packed = isinstance(input, PackedSequence)
-        lengths = None
-        sorted_indices = unsorted_indices = None
-        batch_sizes = None
-        if packed:
-            batch_sizes, sorted_indices, unsorted_indices = (
-                input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-            x, lengths = pad_packed_sequence(input, batch_first=False)  # original sample order
-            unbatched = False
-        else:
-            if not isinstance(input, Tensor):
-                raise TypeError(f"rnnfused.LSTM: input must be a Tensor or a PackedSequence, got "
-                                f"{type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"rnnfused.LSTM: input must be 2-D (unbatched) or 3-D, got "
-                                 f"{input.dim()}-D of shape {tuple(input.shape)}")
-            unbatched = input.dim() == 2
-            x = input.unsqueeze(1) if unbatched else input
-            if self.batch_first and not unbatched:
-                x = x.transpose(0, 1)
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"rnnfused.LSTM: input.size(-1) must be equal to input_size. "
-                             f"Expected {self.input_size}, got {x.shape[-1]}")
-        weight = self.weight_ih_l0
-        if x.dtype != weight.dtype or x.device != weight.device:
-            raise ValueError(f"rnnfused.LSTM: input must have the parameters' dtype and device "
-                             f"({weight.dtype}, {weight.device}), got ({x.dtype}, {x.device})")
-        if x.shape[0] == 0:
-            raise ValueError("rnnfused.LSTM: input has a zero-length sequence (seq_len = 0); "
-                             "nn.LSTM cannot run it either")
-        batch = x.shape[1]
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        if hx is None:
-            h0 = x.new_zeros((self.num_layers * num_directions, batch, real_hidden))
-            c0 = x.new_zeros((self.num_layers * num_directions, batch, self.hidden_size))
-        else:
-            h0, c0 = self._check_hx(hx, batch, unbatched, x)
+        """input: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
+        hx: (h_0, c_0) or None for zeros. Returns (output, (h_n, c_n)) with nn.LSTM's shapes."""
+        return super().forward(input, hx)
 
-        seed = _seed_tensor(None) if self._needs_seed() else torch.zeros((), dtype=torch.int64)
-        h_n, c_n = [], []
-        layer_input = x
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(num_directions):
-                idx = layer * num_directions + direction
-                names = self._all_weights[idx]
-                params = dict((name.split("_l")[0], getattr(self, name)) for name in names)
-                out, h, c = lstm_layer(
-                    layer_input, h0[idx], c0[idx], params["weight_ih"], params["weight_hh"],
-                    params.get("bias_ih"), params.get("bias_hh"), params.get("weight_hr"),
-                    seed=seed, training=self.training, layer=layer, reverse=direction == 1,
-                    lengths=lengths,
-                    input_dropout=self.input_dropout[layer],
-                    recurrent_dropout=self.recurrent_dropout[layer],
-                    weight_drop=self.weight_drop[layer],
-                    candidate_dropout=self.candidate_dropout[layer],
-                    zoneout_c=self.zoneout_c[layer], zoneout_h=self.zoneout_h[layer])
-                outputs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
-        output = layer_input
-        h_n = torch.stack(h_n, 0)
-        c_n = torch.stack(c_n, 0)
 
-        if packed:
-            if sorted_indices is not None:
-                output = output.index_select(1, sorted_indices)
-                sorted_lengths = lengths.index_select(0, sorted_indices.cpu())
-            else:
-                sorted_lengths = lengths
-            data = pack_padded_sequence(output, sorted_lengths, enforce_sorted=True).data
-            return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
-        if unbatched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)
+class GRU(RNNBase):
+    r"""Multi-layer GRU (torch.nn.GRU's "reset after" form) with zoneout, variational dropout,
+    candidate dropout and weight drop applied inside fused kernels; with every rate 0 it computes
+    exactly what torch.nn.GRU does.
+
+    Arguments before ``*`` are torch.nn.GRU's. The regularizers (each a float for all layers or a
+    sequence with one value per layer; rates lie in [0, 1)):
+
+    - ``zoneout``: zoneout rate on the hidden state (Krueger et al., 2017); kept per layer as
+      ``self.zoneout_h``, the GRU having no cell state.
+    - ``input_dropout``: variational dropout on each layer's input, one mask per sequence.
+    - ``recurrent_dropout``: variational dropout on h_{t-1} where it enters W_hh, one mask per
+      sequence.
+    - ``weight_drop``: DropConnect on the recurrent weights W_hh, one mask per forward call.
+    - ``candidate_dropout``: dropout on the candidate n, a new mask each step.
+
+    In evaluation mode dropout and weight drop are the identity and zoneout takes its expectation.
+    ``dropout`` keeps nn.GRU's meaning: ordinary dropout on each layer's output but the last.
+    """
+
+    mode = "GRU"
+    gate_count = 3
+    rate_names = GRU_RATE_NAMES
+    rate_arguments = {"zoneout_h": "zoneout"}
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, zoneout: Rate = 0.0, input_dropout: Rate = 0.0,
+                 recurrent_dropout: Rate = 0.0, weight_drop: Rate = 0.0,
+                 candidate_dropout: Rate = 0.0):
+        rates = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
+                     weight_drop=weight_drop, candidate_dropout=candidate_dropout,
+                     zoneout_h=zoneout)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, rates=rates)
+
+    @classmethod
+    def from_gru(cls, gru: nn.GRU, **rates) -> "GRU":
+        """A rnnfused.GRU with `gru`'s configuration and weights (on its device and dtype) and
+        the given regularization rates."""
+        return cls._from_torch(gru, **rates)
+
+    def to_gru(self) -> nn.GRU:
+        """A torch.nn.GRU with this module's configuration and weights (the regularizers inside
+        the recurrence have no nn.GRU equivalent and are dropped)."""
+        return self._to_torch()
+
+    def _state_sizes(self) -> Dict[str, int]:
+        return {"h_0": self.hidden_size}
+
+    def _hx_tensors(self, hx) -> List[Tensor]:
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"rnnfused.GRU: hx must be a Tensor (h_0), got {type(hx).__name__}")
+        return [hx]
+
+    def _as_hx(self, states: List[Tensor]) -> Tensor:
+        return states[0]
+
+    def _layer(self, input, states, weights, **kwargs):
+        out, h = gru_layer(
+            input, states[0], weights["weight_ih"], weights["weight_hh"],
+            weights.get("bias_ih"), weights.get("bias_hh"), **kwargs)
+        return out, (h,)
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        """input: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
+        hx: h_0 or None for zeros. Returns (output, h_n) with nn.GRU's shapes."""
+        return super().forward(input, hx)
 
 
 def _register_safe_globals() -> None:
-    # torch.load(weights_only=True) of a whole model holding an rnnfused.LSTM.
+    # torch.load(weights_only=True) of a whole model holding an rnnfused.LSTM or rnnfused.GRU.
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:
-        add([LSTM])
+        add([LSTM, GRU])
 
 
 _register_safe_globals()

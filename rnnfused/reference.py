@@ -1,14 +1,21 @@
-"""Pure-PyTorch reference of one LSTM layer with in-recurrence regularizers (SPEC.md §2).
+"""Pure-PyTorch reference of one LSTM or GRU layer with in-recurrence regularizers (SPEC.md §2, §2b).
 
 This is the oracle the fused kernels are tested against: a plain loop over time, written for
 reading rather than speed, differentiable by autograd in any dtype. It draws no randomness of its
 own; in training mode it replays the masks of a fused call, as materialized by
-`rnnfused.functional.lstm_masks(seed, ...)`.
+`rnnfused.functional.lstm_masks(seed, ...)` or `rnnfused.functional.gru_masks(seed, ...)`.
+
+    lstm_layer   one LSTM layer, one direction (SPEC §2)
+    gru_layer    one GRU layer, one direction, nn.GRU's "reset after" form (SPEC §2b)
+
+Both share the plumbing below: the rate checks, the masks of a call, the per-call and
+per-sequence regularizers, the loop over time with per-sample lengths, and zoneout; each cell is
+the few lines of its step.
 """
 
 import torch
 
-__all__ = ["lstm_layer"]
+__all__ = ["lstm_layer", "gru_layer"]
 
 # Which entry of the masks dict each rate uses.
 _MASK_OF_RATE = {
@@ -19,6 +26,72 @@ _MASK_OF_RATE = {
     "zoneout_c": "zoneout_c",
     "zoneout_h": "zoneout_h",
 }
+
+
+class _Regularizers:
+    """The rates and masks of one call: what each step applies, in training or in evaluation."""
+
+    def __init__(self, rates, masks, training, input, masks_helper):
+        for name, p in rates.items():
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {p}")
+        if training and masks is None and any(p > 0 for p in rates.values()):
+            raise ValueError(f"training mode with a rate > 0 needs the masks of the call "
+                             f"(masks={masks_helper}(...))")
+        self.rates, self.training = rates, training
+        # The mask of each rate as a float tensor of the input's dtype, or None when unused.
+        self.mask = {name: (masks[_MASK_OF_RATE[name]].to(device=input.device, dtype=input.dtype)
+                            if training and p > 0 else None)
+                     for name, p in rates.items()}
+
+    def dropped(self, name, value, t=None):
+        """value with the inverted keep-mask of `name` applied (at step t for per-step kinds)."""
+        m = self.mask[name]
+        if m is None:
+            return value
+        return value * (m if t is None else m[t]) / (1 - self.rates[name])
+
+    def zoned_out(self, name, new, old, t):
+        """Zoneout of `name` at step t: the mask in training, its expectation in evaluation."""
+        if self.training:
+            m = self.mask[name]
+            return new if m is None else m[t] * old + (1 - m[t]) * new
+        p = self.rates[name]
+        return new if p == 0 else p * old + (1 - p) * new
+
+
+def _run_layer(input, state, step, *, reverse, lengths):
+    """The loop over time shared by the cells. state: a tuple whose first entry is the output;
+    step(t, state) -> the new state. Sequences that are over keep their state and output 0."""
+    T = input.shape[0]
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths).to(input.device)
+    outputs = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        new = step(t, state)
+        if lengths is not None:
+            active = (t < lengths).unsqueeze(1)
+            new = tuple(torch.where(active, a, b) for a, b in zip(new, state))
+            outputs[t] = torch.where(active, new[0], torch.zeros_like(new[0]))
+        else:
+            outputs[t] = new[0]
+        state = new
+    return (torch.stack(outputs),) + tuple(state)
+
+
+def _projections(reg, input, weight_ih, weight_hh, bias_ih):
+    """The per-call and per-sequence regularizers, applied once and the same at every step:
+    the input projection W_ih x̂_t + b_ih of every step, and the dropped weight Ŵ_hh."""
+    gi = reg.dropped("input_dropout", input) @ weight_ih.t()
+    if bias_ih is not None:
+        gi = gi + bias_ih
+    return gi, reg.dropped("weight_drop", weight_hh)
+
+
+def _recurrent(reg, h, w_hh, bias_hh):
+    """Ŵ_hh ĥ_{t-1} + b_hh."""
+    gh = reg.dropped("recurrent_dropout", h) @ w_hh.t()
+    return gh if bias_hh is None else gh + bias_hh
 
 
 def lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *,
@@ -43,70 +116,58 @@ def lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, 
     """
     rates = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
                  candidate_dropout=candidate_dropout, zoneout_c=zoneout_c, zoneout_h=zoneout_h)
-    for name, p in rates.items():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"{name} must lie in [0, 1), got {p}")
-    if training and masks is None and any(p > 0 for p in rates.values()):
-        raise ValueError("training mode with a rate > 0 needs the masks of the call (masks=lstm_masks(...))")
+    reg = _Regularizers(rates, masks, training, input, "lstm_masks")
+    gi, w_hh = _projections(reg, input, weight_ih, weight_hh, bias_ih)
 
-    T = input.shape[0]
-    dtype = input.dtype
-
-    def mask(rate_name):
-        """The mask of a rate as a float tensor of the input's dtype, or None when unused."""
-        if not training or rates[rate_name] == 0:
-            return None
-        return masks[_MASK_OF_RATE[rate_name]].to(device=input.device, dtype=dtype)
-
-    mx, mh, mw = mask("input_dropout"), mask("recurrent_dropout"), mask("weight_drop")
-    mg, zc, zh = mask("candidate_dropout"), mask("zoneout_c"), mask("zoneout_h")
-
-    # Per-call and per-sequence regularizers: applied once, the same at every step.
-    w_hh = weight_hh if mw is None else weight_hh * mw / (1 - weight_drop)
-    x_all = input if mx is None else input * mx / (1 - input_dropout)
-
-    if lengths is not None:
-        lengths = torch.as_tensor(lengths).to(input.device)
-
-    h, c = h0, c0
-    outputs = [None] * T
-    steps = range(T - 1, -1, -1) if reverse else range(T)
-    for t in steps:
-        h_in = h if mh is None else h * mh / (1 - recurrent_dropout)
-        a = x_all[t] @ weight_ih.t() + h_in @ w_hh.t()
-        if bias_ih is not None:
-            a = a + bias_ih
-        if bias_hh is not None:
-            a = a + bias_hh
+    def step(t, state):
+        h, c = state
+        a = gi[t] + _recurrent(reg, h, w_hh, bias_hh)
         a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
         i, f, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
-        g = torch.tanh(a_g)
-        if mg is not None:
-            g = g * mg[t] / (1 - candidate_dropout)
-
+        g = reg.dropped("candidate_dropout", torch.tanh(a_g), t)
         c_new = f * c + i * g
         h_new = o * torch.tanh(c_new)          # uses the cell before zoneout
         if weight_hr is not None:
             h_new = h_new @ weight_hr.t()
+        return reg.zoned_out("zoneout_h", h_new, h, t), reg.zoned_out("zoneout_c", c_new, c, t)
 
-        if training:
-            if zc is not None:
-                c_new = zc[t] * c + (1 - zc[t]) * c_new
-            if zh is not None:
-                h_new = zh[t] * h + (1 - zh[t]) * h_new
-        else:                                   # evaluation: zoneout's expectation
-            if zoneout_c > 0:
-                c_new = zoneout_c * c + (1 - zoneout_c) * c_new
-            if zoneout_h > 0:
-                h_new = zoneout_h * h + (1 - zoneout_h) * h_new
+    return _run_layer(input, (h0, c0), step, reverse=reverse, lengths=lengths)
 
-        if lengths is not None:                 # sequences that are over keep their state, output 0
-            active = (t < lengths).unsqueeze(1)
-            c_new = torch.where(active, c_new, c)
-            h_new = torch.where(active, h_new, h)
-            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
-        else:
-            outputs[t] = h_new
-        h, c = h_new, c_new
 
-    return torch.stack(outputs), h, c
+def gru_layer(input, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
+              masks=None, training=True, reverse=False, lengths=None,
+              input_dropout=0., recurrent_dropout=0., weight_drop=0., candidate_dropout=0.,
+              zoneout_h=0.):
+    """One layer, one direction of a regularized GRU, as SPEC.md §2b defines it.
+
+    input (T, B, I) time-major; h0 (B, H). weight_ih (3H, I), weight_hh (3H, H), biases (3H,),
+    gate order r, z, n and torch.nn.GRU's "reset after" form: n = tanh(gi_n + r ⊙ gh_n) with
+    gh_n = (Ŵ_hh ĥ_{t-1})_n + b_hh_n. The candidate n is dropped out, then
+    h̃_t = (1 - z) ⊙ n̂_t + z ⊙ h_{t-1} (the undropped h_{t-1}), then zoneout on h.
+
+    masks: dict from `rnnfused.functional.gru_masks`: keep masks `input` (B, I), `recurrent` (B, H),
+    `weight` (3H, H), `candidate` (T, B, H) (1 = kept, unscaled) and the zoneout mask `zoneout_h`
+    (T, B, H) (1 = the previous value is kept), indexed by the position t in the input sequence,
+    also when reverse=True. Used only in training mode, and only for rates > 0.
+
+    lengths: as for `lstm_layer`: padded positions output 0 and h_n is the state after the
+    sequence's own last processed step.
+
+    Returns (output (T, B, H), h_n (B, H)).
+    """
+    rates = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+                 candidate_dropout=candidate_dropout, zoneout_h=zoneout_h)
+    reg = _Regularizers(rates, masks, training, input, "gru_masks")
+    gi, w_hh = _projections(reg, input, weight_ih, weight_hh, bias_ih)
+
+    def step(t, state):
+        (h,) = state
+        gi_r, gi_z, gi_n = gi[t].chunk(3, dim=1)
+        gh_r, gh_z, gh_n = _recurrent(reg, h, w_hh, bias_hh).chunk(3, dim=1)
+        r = torch.sigmoid(gi_r + gh_r)
+        z = torch.sigmoid(gi_z + gh_z)
+        n = reg.dropped("candidate_dropout", torch.tanh(gi_n + r * gh_n), t)
+        h_new = (1 - z) * n + z * h
+        return (reg.zoned_out("zoneout_h", h_new, h, t),)
+
+    return _run_layer(input, (h0,), step, reverse=reverse, lengths=lengths)
