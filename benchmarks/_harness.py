@@ -1,4 +1,4 @@
-"""One configuration, every variant: same inputs, interleaved timing, one result row per variant.
+"""One configuration and cell, every variant: same inputs, interleaved timing, one result row per variant.
 
 Shared by run.py (the side-by-side table) and scaling.py (the sweeps). Every module stays in training
 mode, so the regularizers are applied both in the forward-only timing (under torch.no_grad()) and in
@@ -6,17 +6,57 @@ the forward+backward timing.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from typing import Callable
 
 import torch
 
 import _timing
+import report
 import variants
 
 COMPILED = "compile-loop-reg"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
+
+
+def add_cell_argument(parser, default: str) -> None:
+    """The scripts' --cell option: lstm, gru or both (the LSTM first)."""
+    parser.add_argument("--cell", choices=["lstm", "gru", "both"], default=default,
+                        help=f"which cell's variants to time: lstm, gru or both, the LSTM first (default: {default})")
+
+
+def cells_of(arg: str) -> list[str]:
+    return ["lstm", "gru"] if arg == "both" else [arg]
+
+
+def results_path(args, device: torch.device, default_cell: str, tail: str = "") -> str:
+    """<out>/<device>-<name>-<date>[-<dtype>][-quick][-<cell>]<tail>.json; the cell only when it is not
+    the script's default, so the default runs keep the names they had before there were cells."""
+    suffix = (("" if args.dtype == "float32" else f"-{args.dtype}") + ("-quick" if args.quick else "")
+              + ("" if args.cell == default_cell else f"-{args.cell}") + tail)
+    os.makedirs(args.out, exist_ok=True)
+    return os.path.join(args.out, _timing.results_stem(device, suffix) + ".json")
+
+
+def save(data: dict, path: str) -> None:
+    """Writes the results (atomically: a run killed mid-write leaves the previous version)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def finish(data: dict, path: str) -> str:
+    """Saves the results, renders their tables and plots (report.py) and prints the tables."""
+    save(data, path)
+    md_path, png_paths = report.render(path)
+    print(open(md_path).read())
+    print(f"wrote {path}\n      {md_path}\n      " + "\n      ".join(png_paths) + f"  ({data['wall_s']} s)",
+          file=sys.stderr)
+    return path
 
 
 def _calls(m: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Callable[[], None]]:
@@ -58,23 +98,26 @@ def _compile(m: torch.nn.Module, calls_of, modes, budget_s: float):
 
 def measure_config(cfg: dict, names: list[str], *, dtype: str, device: torch.device, warmup: int,
                    repeats: int, budget_s: float | None, compile_budget_s: float | None,
-                   modes=("fwd", "fwdbwd"),
+                   cell: str = "lstm", modes=("fwd", "fwdbwd"),
                    compile_skip_reason: str = "torch.compile skipped (--no-compile, or --quick)",
                    log=print) -> tuple[list[dict], list[dict]]:
-    """Times `names` on one (T, B, I, H); returns (result rows, skipped variants with reasons)."""
+    """Times `cell`'s variants `names` on one (T, B, I, H), each compared with the cell's torch module
+    (nn.LSTM / nn.GRU); returns (result rows, skipped variants with reasons). Every row carries the
+    cell; the inputs depend only on the config, so both cells see the same x."""
+    kind = variants.CELLS[cell]
     T, B, I, H = cfg["T"], cfg["B"], cfg["I"], cfg["H"]
     torch_dtype = DTYPES[dtype]
     gen = torch.Generator().manual_seed(1234)
     x = torch.randn(T, B, I, generator=gen).to(device=device, dtype=torch_dtype).requires_grad_()
     grad = torch.randn(T, B, H, generator=gen).to(device=device, dtype=torch_dtype)
-    ref = variants.reference_lstm(T, B, I, H, dtype=torch_dtype, device=device)
+    ref = variants.reference(kind, T, B, I, H, dtype=torch_dtype, device=device)
 
     modules, skipped, compile_s = {}, [], {}
     for name in names:
         try:
             if name == COMPILED and not compile_budget_s:
                 raise variants.Unavailable(compile_skip_reason)
-            m = variants.build(name, ref)
+            m = variants.build(name, ref, kind)
             if name == COMPILED:
                 log(f"  compiling {name} (budget {compile_budget_s:.0f} s)")
                 m, compile_s[name] = _compile(m, lambda cm: _calls(cm, x, grad), modes,
@@ -101,7 +144,7 @@ def measure_config(cfg: dict, names: list[str], *, dtype: str, device: torch.dev
                                   log=log)
     rows = []
     for name, m in modules.items():
-        row = {"config": dict(cfg), "dtype": dtype, "variant": name}
+        row = {"config": dict(cfg), "dtype": dtype, "cell": cell, "variant": name}
         for mode in modes:
             row[f"{mode}_ms"] = _timing.quartiles(samples[(name, mode)])
         if "fwdbwd" in modes:
@@ -109,9 +152,9 @@ def measure_config(cfg: dict, names: list[str], *, dtype: str, device: torch.dev
         if name in compile_s:
             row["compile_s"] = round(compile_s[name], 2)
         rows.append(row)
-    base = next((r for r in rows if r["variant"] == variants.BASELINE), None)
+    base = next((r for r in rows if r["variant"] == kind.baseline), None)
     if base:
         for r in rows:
-            r["vs_nn_lstm"] = {mode: round(r[f"{mode}_ms"]["median"] / base[f"{mode}_ms"]["median"], 3)
-                               for mode in modes}
+            r[kind.ratio_key] = {mode: round(r[f"{mode}_ms"]["median"] / base[f"{mode}_ms"]["median"], 3)
+                                 for mode in modes}
     return rows, skipped

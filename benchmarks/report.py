@@ -1,11 +1,15 @@
 """Renders benchmark results JSON into Markdown tables, PNG plots and the README's performance section.
 
-    python3 benchmarks/report.py benchmarks/results/cpu-*.json     # .md and .png next to each JSON
+    python3 benchmarks/report.py benchmarks/results/cpu-*.json     # .md and .png(s) next to each JSON
     python3 benchmarks/report.py --readme README.md                 # regenerate the perf section
     python3 benchmarks/report.py --readme README.md FILE.json ...   # ... from these files only
 
 Every figure comes from the JSON files; nothing here is typed by hand. The README section is the text
 between `<!-- perf:begin -->` and `<!-- perf:end -->`; without README.md or the markers it is printed.
+
+One table and one plot per cell: each row carries its cell ("lstm" when the file predates the field) and
+is compared with that cell's torch module (nn.LSTM, nn.GRU). The plot of a file's first cell (the LSTM
+first) is `<stem>.png`, the next one's `<stem>-gru.png`; the .md holds every cell's table.
 """
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from _readme import replace_section  # noqa: E402
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
-BASELINE = "nn.LSTM"
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU"}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-COLORS = {"nn.LSTM": "#4c72b0", "rnnfused": "#55a868", "rnnfused-reg": "#2a7a3b",
+COLORS = {"nn.LSTM": "#4c72b0", "nn.GRU": "#4c72b0", "rnnfused": "#55a868", "rnnfused-reg": "#2a7a3b",
           "cell-loop-reg": "#c44e52", "compile-loop-reg": "#dd8452", "haste-reg": "#8172b3"}
 MODES = {"fwd": "forward", "fwdbwd": "forward+backward"}
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 2, 10 rather than 5×10⁻¹
@@ -35,6 +39,30 @@ PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 2, 10 rather than 5×10⁻�
 def load(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def cell_of(row: dict) -> str:
+    return row.get("cell", "lstm")
+
+
+def cells(data: dict) -> list[str]:
+    """The cells a results file holds, the LSTM first."""
+    found = {cell_of(r) for r in data["results"]} | {cell_of(k) for k in data.get("skipped", [])}
+    return sorted(found, key=lambda c: (c != "lstm", c))
+
+
+def baseline(cell: str) -> str:
+    return f"nn.{CELL_NAMES.get(cell, cell.upper())}"
+
+
+def of_cell(rows: list[dict], cell: str) -> list[dict]:
+    return [r for r in rows if cell_of(r) == cell]
+
+
+def plot_path(stem: str, cell: str, data: dict) -> str:
+    """The plot of `cell`'s results in `data` (results file <stem>.json): <stem>.png for the file's first
+    cell (the LSTM when it has one, as before there were cells), <stem>-<cell>.png for the others."""
+    return stem + ("" if cell == cells(data)[0] else f"-{cell}") + ".png"
 
 
 def cfg_label(cfg: dict) -> str:
@@ -54,22 +82,29 @@ def _ms(stat: dict | None) -> str:
     return f"{stat['median']:.2f} [{stat['p25']:.2f}–{stat['p75']:.2f}]"
 
 
+def ratio(row: dict, mode: str) -> float | None:
+    """The row's median over its cell's baseline median (field vs_nn_lstm / vs_nn_gru)."""
+    return row.get(f"vs_nn_{cell_of(row)}", {}).get(mode)
+
+
 def _ratio(row: dict, mode: str) -> str:
-    r = row.get("vs_nn_lstm", {}).get(mode)
+    r = ratio(row, mode)
     return "–" if r is None else f"{r:.2f}×"
 
 
 # ---- side-by-side run ----------------------------------------------------------------------------
 
-def run_table(run: dict) -> str:
-    """One row per config and variant: median [p25–p75] ms and the ratio to nn.LSTM."""
+def run_table(run: dict, cell: str = "lstm") -> str:
+    """One row per config and variant of `cell`: median [p25–p75] ms and the ratio to its torch module."""
+    base = baseline(cell)
+    results = of_cell(run["results"], cell)
     lines = [f"{headline(run)}",
              "",
-             "| T×B×I×H | variant | fwd ms, median [p25–p75] | fwd vs nn.LSTM | fwd+bwd ms | "
-             "fwd+bwd vs nn.LSTM | peak MiB |",
+             f"| T×B×I×H | variant | fwd ms, median [p25–p75] | fwd vs {base} | fwd+bwd ms | "
+             f"fwd+bwd vs {base} | peak MiB |",
              "|---|---|---:|---:|---:|---:|---:|"]
     last = None
-    for row in run["results"]:
+    for row in results:
         label = cfg_label(row["config"])
         mem = row.get("peak_mem_mb")
         lines.append(f"| {label if label != last else ''} | {row['variant']} | {_ms(row.get('fwd_ms'))} | "
@@ -77,39 +112,40 @@ def run_table(run: dict) -> str:
                      f"{'–' if mem is None else f'{mem:.0f}'} |")
         last = label
     notes = []
-    for row in run["results"]:
+    for row in results:
         if "compile_s" in row:
             notes.append(f"{row['variant']} on {cfg_label(row['config'])}: compiled in {row['compile_s']:.0f} s "
                          "(not included in the times).")
     skipped = {}
-    for k in run.get("skipped", []):
+    for k in of_cell(run.get("skipped", []), cell):
         skipped.setdefault((k["variant"], k["reason"]), []).append(cfg_label(k["config"]))
     for (variant, reason), cfgs in skipped.items():
         notes.append(f"{variant} skipped on {', '.join(cfgs)}: {reason}.")
     notes += run.get("notes", [])
-    n = sorted({r[m]["n"] for r in run["results"] for m in ("fwd_ms", "fwdbwd_ms") if m in r})
+    n = sorted({r[m]["n"] for r in results for m in ("fwd_ms", "fwdbwd_ms") if m in r})
     if n:
         rounds = str(n[0]) if len(n) == 1 else f"{n[0]}–{n[-1]}"
         notes.append(f"Timed rounds per variant: {rounds}; "
-                     f"nn.LSTM backend: {run.get('nn_lstm_backend', '?')}; peak MiB only on CUDA.")
+                     f"{base} backend: {run.get(f'nn_{cell}_backend', '?')}; peak MiB only on CUDA.")
     notes.append(f"Command: `{run['command']}`")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
-def plot_run(run: dict, path: str) -> None:
-    """Top row: time per call (log scale, bars at the median, whiskers at the quartiles);
-    bottom row: ratio to nn.LSTM. Left forward, right forward+backward."""
+def plot_run(run: dict, path: str, cell: str = "lstm") -> None:
+    """`cell`'s variants. Top row: time per call (log scale, bars at the median, whiskers at the
+    quartiles); bottom row: ratio to the cell's torch module. Left forward, right forward+backward."""
+    results = of_cell(run["results"], cell)
     configs = []
-    for row in run["results"]:
+    for row in results:
         if row["config"] not in configs:
             configs.append(row["config"])
-    names = list(dict.fromkeys(row["variant"] for row in run["results"]))
-    by = {(cfg_label(r["config"]), r["variant"]): r for r in run["results"]}
+    names = list(dict.fromkeys(row["variant"] for row in results))
+    by = {(cfg_label(r["config"]), r["variant"]): r for r in results}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
     width = 0.8 / max(len(names), 1)
     for col, mode in enumerate(MODES):
         for i, name in enumerate(names):
-            xs, med, lo, hi, ratio = [], [], [], [], []
+            xs, med, lo, hi, ratios = [], [], [], [], []
             for k, cfg in enumerate(configs):
                 row = by.get((cfg_label(cfg), name))
                 if not row or f"{mode}_ms" not in row:
@@ -119,11 +155,12 @@ def plot_run(run: dict, path: str) -> None:
                 med.append(s["median"])
                 lo.append(s["median"] - s["p25"])
                 hi.append(s["p75"] - s["median"])
-                ratio.append(row.get("vs_nn_lstm", {}).get(mode, float("nan")))
+                r = ratio(row, mode)
+                ratios.append(float("nan") if r is None else r)
             color = COLORS.get(name)
             axes[0, col].bar(xs, med, width, yerr=[lo, hi], color=color, label=name, capsize=2)
-            bars = axes[1, col].bar(xs, ratio, width, color=color)
-            for bar, r in zip(bars, ratio):
+            bars = axes[1, col].bar(xs, ratios, width, color=color)
+            for bar, r in zip(bars, ratios):
                 if r == r:
                     axes[1, col].annotate(f"{r:.2g}", (bar.get_x() + bar.get_width() / 2, r),
                                           ha="center", va="bottom", fontsize=7)
@@ -136,12 +173,12 @@ def plot_run(run: dict, path: str) -> None:
         axes[1, col].yaxis.set_major_formatter(PLAIN)
         axes[1, col].yaxis.set_minor_formatter(PLAIN)
         axes[1, col].axhline(1.0, color="k", lw=0.8)
-        axes[1, col].set_ylabel("time / nn.LSTM time")
+        axes[1, col].set_ylabel(f"time / {baseline(cell)} time")
         axes[1, col].set_xticks(range(len(configs)), [cfg_label(c) for c in configs])
         axes[1, col].set_xlabel("T×B×I×H")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=len(names),
                bbox_to_anchor=(0.5, 0.96), fontsize=8, frameon=False)
-    fig.suptitle(headline(run), fontsize=10)
+    fig.suptitle(f"{CELL_NAMES.get(cell, cell)}: {headline(run)}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -149,33 +186,35 @@ def plot_run(run: dict, path: str) -> None:
 
 # ---- scaling study -------------------------------------------------------------------------------
 
-def scaling_table(data: dict) -> str:
-    """One table per sweep: fwd+bwd ms per time step, one column per variant."""
-    names = list(dict.fromkeys(r["variant"] for r in data["results"]))
+def scaling_table(data: dict, cell: str = "lstm") -> str:
+    """One table per sweep: `cell`'s fwd+bwd ms per time step, one column per variant."""
+    results = of_cell(data["results"], cell)
+    names = list(dict.fromkeys(r["variant"] for r in results))
     out = [headline(data), ""]
     for sweep in data["sweeps"]:
-        rows = [r for r in data["results"] if r["sweep"] == sweep]
+        rows = [r for r in results if r["sweep"] == sweep]
         values = list(dict.fromkeys(r["config"][sweep] for r in rows))
         by = {(r["config"][sweep], r["variant"]): r for r in rows}
         fixed = ", ".join(f"{k}={v}" for k, v in data["base"].items() if k not in (sweep, "I" if sweep == "H" else ""))
         out += [f"fwd+bwd ms per time step as {sweep} grows ({fixed}):", "",
                 f"| {sweep} | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
         for v in values:
-            cells = [f"{by[(v, n)]['per_step_ms']:.3g}" if (v, n) in by else "–" for n in names]
-            out.append(f"| {v} | " + " | ".join(cells) + " |")
+            row = [f"{by[(v, n)]['per_step_ms']:.3g}" if (v, n) in by else "–" for n in names]
+            out.append(f"| {v} | " + " | ".join(row) + " |")
         out.append("")
-    for k in data.get("skipped", []):
+    for k in of_cell(data.get("skipped", []), cell):
         out.append(f"- {k['variant']} skipped ({k['sweep']}={k['config'][k['sweep']]}): {k['reason']}")
     out.append(f"- Command: `{data['command']}`")
     return "\n".join(out) + "\n"
 
 
-def plot_scaling(data: dict, path: str) -> None:
-    """Three panels (T, B, H), log-log: fwd+bwd time per time step against the swept size."""
+def plot_scaling(data: dict, path: str, cell: str = "lstm") -> None:
+    """Three panels (T, B, H), log-log: `cell`'s fwd+bwd time per time step against the swept size."""
+    results = of_cell(data["results"], cell)
     sweeps = list(data["sweeps"])
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4.2))
     for ax, sweep in zip(axes, sweeps):
-        rows = [r for r in data["results"] if r["sweep"] == sweep]
+        rows = [r for r in results if r["sweep"] == sweep]
         for name in dict.fromkeys(r["variant"] for r in rows):
             pts = sorted((r["config"][sweep], r["per_step_ms"]) for r in rows if r["variant"] == name)
             ax.plot(*zip(*pts), marker="o", label=name, color=COLORS.get(name))
@@ -189,7 +228,7 @@ def plot_scaling(data: dict, path: str) -> None:
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("fwd+bwd ms per time step")
     axes[0].legend(fontsize=8)
-    fig.suptitle(headline(data), fontsize=10)
+    fig.suptitle(f"{CELL_NAMES.get(cell, cell)}: {headline(data)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -197,47 +236,58 @@ def plot_scaling(data: dict, path: str) -> None:
 
 # ---- files and README ----------------------------------------------------------------------------
 
-def render(path: str) -> tuple[str, str]:
-    """Writes <stem>.md and <stem>.png next to the results JSON; returns their paths."""
+def render(path: str) -> tuple[str, list[str]]:
+    """Writes <stem>.md (every cell's table) and one plot per cell (`plot_path`) next to the results
+    JSON; returns the .md's path and the plots'."""
     data = load(path)
     stem = os.path.splitext(path)[0]
     table, plot = (scaling_table, plot_scaling) if data["kind"] == "scaling" else (run_table, plot_run)
+    found = cells(data)
+    tables = [table(data, c) if len(found) == 1 else f"## {CELL_NAMES.get(c, c)}\n\n{table(data, c)}"
+              for c in found]
     with open(stem + ".md", "w") as f:
-        f.write(table(data))
-    plot(data, stem + ".png")
-    return stem + ".md", stem + ".png"
+        f.write("\n".join(tables))
+    plots = []
+    for c in found:
+        plots.append(plot_path(stem, c, data))
+        plot(data, plots[-1], c)
+    return stem + ".md", plots
 
 
-render_run = render
-
-
-def newest(paths: list[str]) -> list[str]:
-    """The newest file per (kind, device type), preferring full runs over --quick ones."""
+def newest(paths: list[str]) -> list[tuple[str, str]]:
+    """(file, cell): the newest file per (kind, device type, cell), preferring full runs over --quick ones."""
     best = {}
     for p in paths:
         d = load(p)
-        key = (d["kind"], d["device_type"])
         rank = (not d.get("quick"), d["date"])
-        if key not in best or rank > best[key][0]:
-            best[key] = (rank, p)
-    return [p for _, p in best.values()]
+        for cell in cells(d):
+            key = (d["kind"], d["device_type"], cell)
+            if key not in best or rank > best[key][0]:
+                best[key] = (rank, p)
+    return [(p, key[2]) for key, (_, p) in best.items()]
 
 
-def readme_section(paths: list[str], readme_dir: str) -> str:
-    """Kernel tables first (GPU, then CPU), then the scaling studies, each with its plot."""
-    order = {("kernels", "cuda"): 0, ("kernels", "cpu"): 1, ("scaling", "cuda"): 2, ("scaling", "cpu"): 3}
-    paths = sorted(paths, key=lambda p: order.get((load(p)["kind"], load(p)["device_type"]), 9))
+def readme_section(entries: list[tuple[str, str]], readme_dir: str) -> str:
+    """Kernel tables first (GPU, then CPU), then the scaling studies; the LSTM before the GRU, each
+    table with its plot. `entries` are (results file, cell) pairs."""
+    def order(entry):
+        d = load(entry[0])
+        return (d["kind"] != "kernels", d["device_type"] != "cuda", entry[1] != "lstm", entry[1])
+    entries = sorted(entries, key=order)
+    files = list(dict.fromkeys(p for p, _ in entries))
     parts = ["", "_Generated by `python3 benchmarks/report.py --readme README.md` from "
-             + ", ".join(f"`{os.path.relpath(p, readme_dir)}`" for p in paths) + "; do not edit by hand._", ""]
-    for p in paths:
+             + ", ".join(f"`{os.path.relpath(p, readme_dir)}`" for p in files) + "; do not edit by hand._", ""]
+    for p, cell in entries:
         d = load(p)
-        png = os.path.relpath(os.path.splitext(p)[0] + ".png", readme_dir)
+        png = os.path.relpath(plot_path(os.path.splitext(p)[0], cell, d), readme_dir)
+        where = f"{d['device_type'].upper()} {CELL_NAMES.get(cell, cell)}"
+        alt = f"{d['device_type']} {cell}"
         if d["kind"] == "kernels":
-            parts += [f"#### {d['device_type'].upper()}: time per call, and ratio to nn.LSTM", "",
-                      run_table(d), f"![{d['device_type']} benchmark]({png})", ""]
+            parts += [f"#### {where}: time per call, and ratio to {baseline(cell)}", "",
+                      run_table(d, cell), f"![{alt} benchmark]({png})", ""]
         else:
-            parts += [f"#### {d['device_type'].upper()}: scaling with T, B and H", "",
-                      scaling_table(d), f"![{d['device_type']} scaling]({png})", ""]
+            parts += [f"#### {where}: scaling with T, B and H", "",
+                      scaling_table(d, cell), f"![{alt} scaling]({png})", ""]
     return "\n".join(parts)
 
 
@@ -249,23 +299,26 @@ def update_readme(readme: str, section: str) -> bool:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", help="results JSON files (default for --readme: the newest "
-                   "of each kind in benchmarks/results/)")
+                   "of each kind, device and cell in benchmarks/results/)")
     p.add_argument("--readme", metavar="README.md", help="regenerate this README's performance section")
     args = p.parse_args(argv)
     files = args.files
     if not args.readme and not files:
         p.error("give results JSON files to render, or --readme")
     for path in files:
-        for out in render(path):
+        md, plots = render(path)
+        for out in [md, *plots]:
             print(f"wrote {out}", file=sys.stderr)
     if args.readme:
-        if not files:
-            files = newest(sorted(glob.glob(os.path.join(RESULTS, "*.json"))))
-            if not files:
+        if files:
+            entries = [(p, cell) for p in files for cell in cells(load(p))]
+        else:
+            entries = newest(sorted(glob.glob(os.path.join(RESULTS, "*.json"))))
+            if not entries:
                 sys.exit(f"no results JSON in {RESULTS}")
-            for path in files:
+            for path in dict.fromkeys(p for p, _ in entries):
                 render(path)
-        section = readme_section(files, os.path.dirname(os.path.abspath(args.readme)))
+        section = readme_section(entries, os.path.dirname(os.path.abspath(args.readme)))
         if update_readme(args.readme, section):
             print(f"updated the performance section of {args.readme}", file=sys.stderr)
         else:

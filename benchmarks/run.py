@@ -1,16 +1,17 @@
-"""Side-by-side kernel benchmark: rnnfused against nn.LSTM and the loops users write (SPEC §7).
+"""Side-by-side kernel benchmark: rnnfused against nn.LSTM / nn.GRU and the loops users write (SPEC §7).
 
-    python3 benchmarks/run.py --device cpu                 # the committed CPU numbers
+    python3 benchmarks/run.py --device cpu                 # the committed CPU numbers, LSTM and GRU
     python3 benchmarks/run.py --device cuda                # the committed GPU numbers
-    python3 benchmarks/run.py --device cpu --quick --out /tmp/bench
+    python3 benchmarks/run.py --device cpu --quick --cell gru --out /tmp/bench
 
-Writes <out>/<device>-<name>-<date>.json (its schema is in benchmarks/README.md), plus the Markdown
-table (.md) and the plot (.png) that report.py renders from it.
+Every configuration is timed once per cell (--cell lstm, gru or both), each cell's variants against its
+own torch module. Writes <out>/<device>-<name>-<date>[-<cell>].json (its schema is in
+benchmarks/README.md; rewritten after every configuration, so a run cut short keeps what it measured),
+plus the Markdown tables (.md) and one plot per cell (.png) that report.py renders from it.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,7 +20,6 @@ import torch
 
 import _harness
 import _timing
-import report
 import variants
 
 CONFIGS = {  # (T, B, I, H), SPEC §7
@@ -51,15 +51,17 @@ def parse_args(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
     p.add_argument("--configs", nargs="+", type=parse_config, metavar="T,B,I,H",
                    help="override the SPEC §7 configurations")
-    p.add_argument("--variants", nargs="+", choices=list(variants.VARIANTS),
-                   default=list(variants.VARIANTS))
+    _harness.add_cell_argument(p, default="both")
+    p.add_argument("--variants", nargs="+", choices=variants.ALL_NAMES, metavar="NAME",
+                   help="time only these (each cell times the ones it has; nn.LSTM and nn.GRU are the "
+                   f"baselines); default all of: {', '.join(variants.ALL_NAMES)}")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     p.add_argument("--compile-budget", type=float, metavar="S",
-                   help="seconds allowed to compile the cell loop per config (default 300; 0 with --quick)")
+                   help="seconds allowed to compile the cell loop per config and cell (default 300; 0 with --quick)")
     p.add_argument("--repeats", type=int, help="timed rounds per config (default 30; 5 with --quick)")
     p.add_argument("--warmup", type=int, help="warm-up rounds per config (default 3; 1 with --quick)")
     p.add_argument("--budget", type=float, metavar="S",
-                   help="stop timing a config after S seconds, once 3 rounds are done")
+                   help="stop timing a config's cell after S seconds, once 3 rounds are done")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
     return p.parse_args(argv)
 
@@ -82,6 +84,9 @@ def main(argv=None) -> str:
     notes = []
     if args.quick:
         notes.append("--quick: fewer repeats; torch.compile variant skipped unless --compile-budget given")
+    cells = _harness.cells_of(args.cell)
+    names = {c: [n for n in variants.variants(variants.CELLS[c]) if args.variants is None or n in args.variants]
+             for c in cells}
     configs = args.configs or CONFIGS[device.type]
     if args.quick and not args.configs:
         dropped = QUICK_DROPS[device.type]
@@ -91,39 +96,38 @@ def main(argv=None) -> str:
 
     run = _timing.provenance(device, "kernels")
     run.update({
-        "dtype": args.dtype, "quick": args.quick, "settings": s, "notes": notes,
-        "variants": {name: desc for name, (_, _, desc) in variants.VARIANTS.items() if name in args.variants},
-        "nn_lstm_backend": variants.nn_lstm_backend(device, _harness.DTYPES[args.dtype]),
-        "results": [], "skipped": [],
+        "dtype": args.dtype, "quick": args.quick, "settings": s, "notes": notes, "cells": cells,
+        "variants": {c: {name: desc for name, (_, _, desc) in variants.variants(variants.CELLS[c]).items()
+                         if name in names[c]} for c in cells},
+        **{f"nn_{c}_backend": variants.nn_backend(variants.CELLS[c], device, _harness.DTYPES[args.dtype])
+           for c in cells},
+        "results": [], "skipped": [], "complete": False,
     })
+    path = _harness.results_path(args, device, default_cell="both")
     t_start = time.perf_counter()
-    compile_failed_at_T = None
+    compile_failed_at_T = {}  # per cell: the shortest T whose loop did not compile within the budget
     for T, B, I, H in configs:
         cfg = {"T": T, "B": B, "I": I, "H": H}
-        print(f"[{time.perf_counter() - t_start:5.0f} s] config T={T} B={B} I={I} H={H}", file=sys.stderr)
-        compile_budget, why = s["compile_budget_s"], "torch.compile skipped (--no-compile, or --quick)"
-        if compile_failed_at_T is not None and T >= compile_failed_at_T:
-            # a longer unrolled loop will not compile faster
-            compile_budget, why = 0.0, f"torch.compile not tried: T={compile_failed_at_T} already exceeded the budget"
-        rows, skipped = _harness.measure_config(
-            cfg, args.variants, dtype=args.dtype, device=device, warmup=s["warmup"],
-            repeats=s["repeats"], budget_s=s["budget_s"], compile_budget_s=compile_budget, compile_skip_reason=why,
-            log=lambda msg: print(msg, file=sys.stderr))
-        if any(k["variant"] == _harness.COMPILED and "budget" in k["reason"] for k in skipped):
-            compile_failed_at_T = T if compile_failed_at_T is None else min(T, compile_failed_at_T)
-        run["results"] += rows
-        run["skipped"] += [dict(config=cfg, **k) for k in skipped]
-    run["wall_s"] = round(time.perf_counter() - t_start, 1)
-
-    os.makedirs(args.out, exist_ok=True)
-    suffix = ("" if args.dtype == "float32" else f"-{args.dtype}") + ("-quick" if args.quick else "")
-    path = os.path.join(args.out, _timing.results_stem(device, suffix) + ".json")
-    with open(path, "w") as f:
-        json.dump(run, f, indent=1)
-    md_path, png_path = report.render_run(path)
-    print(open(md_path).read())
-    print(f"wrote {path}\n      {md_path}\n      {png_path}  ({run['wall_s']} s)", file=sys.stderr)
-    return path
+        for cell in cells:
+            print(f"[{time.perf_counter() - t_start:5.0f} s] {cell} config T={T} B={B} I={I} H={H}",
+                  file=sys.stderr)
+            compile_budget, why = s["compile_budget_s"], "torch.compile skipped (--no-compile, or --quick)"
+            failed_at = compile_failed_at_T.get(cell)
+            if failed_at is not None and T >= failed_at:
+                # a longer unrolled loop will not compile faster
+                compile_budget, why = 0.0, f"torch.compile not tried: T={failed_at} already exceeded the budget"
+            rows, skipped = _harness.measure_config(
+                cfg, names[cell], cell=cell, dtype=args.dtype, device=device, warmup=s["warmup"],
+                repeats=s["repeats"], budget_s=s["budget_s"], compile_budget_s=compile_budget,
+                compile_skip_reason=why, log=lambda msg: print(msg, file=sys.stderr))
+            if any(k["variant"] == _harness.COMPILED and "budget" in k["reason"] for k in skipped):
+                compile_failed_at_T[cell] = min(T, failed_at or T)
+            run["results"] += rows
+            run["skipped"] += [dict(config=cfg, cell=cell, **k) for k in skipped]
+            run["wall_s"] = round(time.perf_counter() - t_start, 1)
+            _harness.save(run, path)
+    run["complete"] = True
+    return _harness.finish(run, path)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
 """Scaling study: forward+backward time per time step as T, B and H grow, one at a time.
 
-    python3 benchmarks/scaling.py --device cpu [--quick] [--out DIR]
+    python3 benchmarks/scaling.py --device cpu [--quick] [--out DIR] [--cell lstm|gru|both]
     python3 benchmarks/scaling.py --device cuda
 
-Each sweep changes one size of a base configuration (H sweeps set I = H) and times nn.LSTM, rnnfused,
-rnnfused-reg and cell-loop-reg on it, interleaved, as run.py does. Writes
-<out>/<device>-<name>-<date>-scaling.json plus a table (.md) and one PNG with three log-log panels.
+Each sweep changes one size of a base configuration (H sweeps set I = H) and times the cell's torch
+module (nn.LSTM / nn.GRU), rnnfused, rnnfused-reg and cell-loop-reg on it, interleaved, as run.py does.
+Only the LSTM by default (--cell gru or both adds the GRU, and doubles the time). Writes
+<out>/<device>-<name>-<date>[-<cell>]-scaling.json plus the tables (.md) and, per cell, one PNG with
+three log-log panels.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,9 +20,9 @@ import torch
 
 import _harness
 import _timing
-import report
+import variants
 
-VARIANTS = ["nn.LSTM", "rnnfused", "rnnfused-reg", "cell-loop-reg"]
+VARIANTS = ["rnnfused", "rnnfused-reg", "cell-loop-reg"]  # after the cell's torch module
 PLANS = {  # base (T, B, I, H) and the values each sweep takes
     ("cpu", "full"): dict(base=dict(T=100, B=32, I=256, H=256),
                           sweeps=dict(T=[25, 50, 100, 200, 400, 800], B=[1, 4, 16, 64, 256],
@@ -49,6 +50,7 @@ def main(argv=None) -> str:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
+    _harness.add_cell_argument(p, default="lstm")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -56,10 +58,11 @@ def main(argv=None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = PLANS[(device.type, "quick" if args.quick else "full")]
+    cells = _harness.cells_of(args.cell)
 
     data = _timing.provenance(device, "scaling")
-    data.update({"dtype": args.dtype, "quick": args.quick, "base": plan["base"], "sweeps": plan["sweeps"],
-                 "settings": {k: plan[k] for k in ("warmup", "repeats", "budget_s")},
+    data.update({"dtype": args.dtype, "quick": args.quick, "cells": cells, "base": plan["base"],
+                 "sweeps": plan["sweeps"], "settings": {k: plan[k] for k in ("warmup", "repeats", "budget_s")},
                  "metric": "fwd+bwd ms per time step (median fwd+bwd time / T), training mode",
                  "results": [], "skipped": []})
     t_start = time.perf_counter()
@@ -68,27 +71,20 @@ def main(argv=None) -> str:
             cfg = dict(plan["base"], **{sweep: v})
             if sweep == "H":
                 cfg["I"] = v
-            print(f"[{time.perf_counter() - t_start:5.0f} s] {sweep} = {v}: {cfg}", file=sys.stderr)
-            rows, skipped = _harness.measure_config(
-                cfg, VARIANTS, dtype=args.dtype, device=device, warmup=plan["warmup"],
-                repeats=plan["repeats"], budget_s=plan["budget_s"], compile_budget_s=None,
-                modes=("fwdbwd",), log=lambda msg: None)
-            for r in rows:
-                r["sweep"] = sweep
-                r["per_step_ms"] = round(r["fwdbwd_ms"]["median"] / cfg["T"], 5)
-            data["results"] += rows
-            data["skipped"] += [dict(config=cfg, sweep=sweep, **k) for k in skipped]
+            for cell in cells:
+                print(f"[{time.perf_counter() - t_start:5.0f} s] {cell} {sweep} = {v}: {cfg}", file=sys.stderr)
+                rows, skipped = _harness.measure_config(
+                    cfg, [variants.CELLS[cell].baseline] + VARIANTS, cell=cell, dtype=args.dtype,
+                    device=device, warmup=plan["warmup"], repeats=plan["repeats"], budget_s=plan["budget_s"],
+                    compile_budget_s=None, modes=("fwdbwd",), log=lambda msg: None)
+                for r in rows:
+                    r["sweep"] = sweep
+                    r["per_step_ms"] = round(r["fwdbwd_ms"]["median"] / cfg["T"], 5)
+                data["results"] += rows
+                data["skipped"] += [dict(config=cfg, sweep=sweep, cell=cell, **k) for k in skipped]
     data["wall_s"] = round(time.perf_counter() - t_start, 1)
 
-    os.makedirs(args.out, exist_ok=True)
-    suffix = ("" if args.dtype == "float32" else f"-{args.dtype}") + ("-quick" if args.quick else "") + "-scaling"
-    path = os.path.join(args.out, _timing.results_stem(device, suffix) + ".json")
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
-    md_path, png_path = report.render(path)
-    print(open(md_path).read())
-    print(f"wrote {path}\n      {md_path}\n      {png_path}  ({data['wall_s']} s)", file=sys.stderr)
-    return path
+    return _harness.finish(data, _harness.results_path(args, device, default_cell="lstm", tail="-scaling"))
 
 
 if __name__ == "__main__":

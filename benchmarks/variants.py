@@ -1,13 +1,16 @@
-"""The implementations the benchmarks compare, all built from one shared set of LSTM weights.
+"""The implementations the benchmarks compare, per cell (LSTM, GRU), all built from one set of weights.
 
-Each builder takes the reference `nn.LSTM` and returns a module with nn.LSTM's call signature
-(`module(x) -> (output, (h_n, c_n))`, time-major input), or raises `Unavailable` with a reason that
-the scripts record in their JSON. The regularized variants use SPEC §7's rates (`REG`).
+A cell (`CELLS`) names its torch module (`nn.LSTM` / `nn.GRU`), whose freshly seeded instance is the
+reference every variant copies its weights from, and the baseline the others are compared with. Each
+builder takes that reference and the cell and returns a module with the torch module's call signature
+(`module(x) -> (output, state)`, time-major input), or raises `Unavailable` with a reason that the
+scripts record in their JSON. The regularized variants use SPEC §7's rates (`REG`) for both cells.
 """
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -17,7 +20,8 @@ import torch.nn.functional as F
 # The repository root, so that an in-place build of rnnfused (`make build`) is the one imported.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# SPEC §7: zoneout 0.1 on c and h, input and recurrent dropout 0.25, weight drop 0.5.
+# SPEC §7: zoneout 0.1 (on c and h for the LSTM, on h for the GRU, which has no c), input and
+# recurrent dropout 0.25, weight drop 0.5.
 REG = dict(zoneout=0.1, input_dropout=0.25, recurrent_dropout=0.25, weight_drop=0.5)
 
 
@@ -25,18 +29,54 @@ class Unavailable(Exception):
     """A variant that cannot run here (library not installed, dtype not supported, ...)."""
 
 
-class CellLoopLSTM(nn.Module):
-    """What users write today: `nn.LSTMCell` in a Python loop with AWD-LSTM-style regularizers.
+def _lstm_step(x, h_in, rest, w_ih, w_hh, b_ih, b_hh):
+    return torch._VF.lstm_cell(x, (h_in, rest[0]), w_ih, w_hh, b_ih, b_hh)
+
+
+def _gru_step(x, h_in, rest, w_ih, w_hh, b_ih, b_hh):
+    return (torch._VF.gru_cell(x, h_in, w_ih, w_hh, b_ih, b_hh),)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell: the name torch, rnnfused and haste_pytorch give it, its state and its step."""
+    key: str            # "lstm" | "gru": the --cell value and the "cell" field of the JSON rows
+    name: str           # "LSTM" | "GRU": the class name in torch.nn, rnnfused and haste_pytorch
+    state: tuple        # names of the state tensors, h first: ("h", "c") | ("h",)
+    step: Callable      # (x_t, h_in, rest of the state, w_ih, w_hh, b_ih, b_hh) -> new state tuple
+
+    @property
+    def baseline(self) -> str:
+        """The variant every other one is compared with: 'nn.LSTM' | 'nn.GRU'."""
+        return f"nn.{self.name}"
+
+    @property
+    def ratio_key(self) -> str:
+        """The rows' ratio field: 'vs_nn_lstm' | 'vs_nn_gru'."""
+        return f"vs_nn_{self.key}"
+
+
+CELLS = {"lstm": Cell("lstm", "LSTM", ("h", "c"), _lstm_step),
+         "gru": Cell("gru", "GRU", ("h",), _gru_step)}
+
+
+class CellLoop(nn.Module):
+    """What users write today: `nn.LSTMCell` / `nn.GRUCell` in a Python loop with AWD-LSTM-style
+    regularizers.
 
     Variational (locked) dropout on the input and on h with one `torch.bernoulli` mask per sequence,
     weight drop as `F.dropout` on W_hh once per forward (AWD-LSTM's WeightDrop) fed to the functional
-    cell, and zoneout on c and h with fresh Bernoulli masks every step. Same math as SPEC §2.
+    cell (`torch._VF.lstm_cell` / `gru_cell`), and zoneout on every state tensor (c and h; h for the
+    GRU) with fresh Bernoulli masks every step. The LSTM's is SPEC §2's math; the GRU's differs from
+    SPEC §2b in one term: `nn.GRUCell` takes one h, so the masked h also enters `z ⊙ h_{t-1}` (the same
+    work, which is what the timing compares).
     """
 
-    def __init__(self, input_size, hidden_size, *, zoneout=0.0, input_dropout=0.0,
+    def __init__(self, cell: Cell, input_size, hidden_size, *, zoneout=0.0, input_dropout=0.0,
                  recurrent_dropout=0.0, weight_drop=0.0, device=None, dtype=None):
         super().__init__()
-        self.cell = nn.LSTMCell(input_size, hidden_size, device=device, dtype=dtype)
+        self.kind = cell
+        self.cell = getattr(nn, cell.name + "Cell")(input_size, hidden_size, device=device, dtype=dtype)
         self.zoneout = zoneout
         self.input_dropout = input_dropout
         self.recurrent_dropout = recurrent_dropout
@@ -51,74 +91,69 @@ class CellLoopLSTM(nn.Module):
         T, B, _ = x.shape
         cell = self.cell
         if hx is None:
-            h = c = x.new_zeros(B, cell.hidden_size)
+            state = tuple(x.new_zeros(B, cell.hidden_size) for _ in self.kind.state)
         else:
-            h, c = hx[0][0], hx[1][0]
+            state = tuple(s[0] for s in (hx if isinstance(hx, tuple) else (hx,)))
         w_hh = F.dropout(cell.weight_hh, self.weight_drop, self.training)
         mh = None
         if self.training and self.input_dropout:
             x = x * self._locked_mask(x[0], self.input_dropout)
         if self.training and self.recurrent_dropout:
-            mh = self._locked_mask(h, self.recurrent_dropout)
+            mh = self._locked_mask(state[0], self.recurrent_dropout)
         z = self.zoneout
         outputs = []
         for t in range(T):
-            h_in = h * mh if mh is not None else h
-            h_new, c_new = torch._VF.lstm_cell(x[t], (h_in, c), cell.weight_ih, w_hh,
-                                               cell.bias_ih, cell.bias_hh)
+            h_in = state[0] * mh if mh is not None else state[0]
+            new = self.kind.step(x[t], h_in, state[1:], cell.weight_ih, w_hh, cell.bias_ih, cell.bias_hh)
             if z and self.training:
-                zc = torch.bernoulli(torch.full_like(c, z))
-                zh = torch.bernoulli(torch.full_like(h, z))
-                c = zc * c + (1 - zc) * c_new
-                h = zh * h + (1 - zh) * h_new
+                keep = [torch.bernoulli(torch.full_like(s, z)) for s in state]
+                state = tuple(k * s + (1 - k) * n for k, s, n in zip(keep, state, new))
             elif z:
-                c = z * c + (1 - z) * c_new
-                h = z * h + (1 - z) * h_new
+                state = tuple(z * s + (1 - z) * n for s, n in zip(state, new))
             else:
-                h, c = h_new, c_new
-            outputs.append(h)
-        return torch.stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
+                state = tuple(new)
+            outputs.append(state[0])
+        final = tuple(s.unsqueeze(0) for s in state)
+        return torch.stack(outputs), (final if len(final) > 1 else final[0])
 
 
-def reference_lstm(T, B, I, H, *, dtype, device, seed=0) -> nn.LSTM:
-    """The nn.LSTM whose weights every other variant copies."""
+def reference(cell: Cell, T, B, I, H, *, dtype, device, seed=0) -> nn.Module:
+    """The nn.LSTM / nn.GRU whose weights every other variant of the cell copies."""
     torch.manual_seed(seed)
-    return nn.LSTM(I, H, device=device, dtype=dtype)
+    return getattr(nn, cell.name)(I, H, device=device, dtype=dtype)
 
 
-def _rnnfused():
+def _rnnfused(cell: Cell):
     try:
         import rnnfused
-        rnnfused.LSTM
+        return getattr(rnnfused, cell.name)
     except Exception as e:  # not built yet, or the module not written yet
-        raise Unavailable(f"import rnnfused failed: {type(e).__name__}: {e}") from None
-    return rnnfused
+        raise Unavailable(f"rnnfused.{cell.name} not available: {type(e).__name__}: {e}") from None
 
 
-def build_nn_lstm(ref: nn.LSTM, **_) -> nn.Module:
+def build_baseline(ref: nn.Module, cell: Cell, **_) -> nn.Module:
     return ref
 
 
-def build_rnnfused(ref: nn.LSTM, *, regularized=False, **_) -> nn.Module:
-    rnnfused = _rnnfused()
+def build_rnnfused(ref: nn.Module, cell: Cell, *, regularized=False, **_) -> nn.Module:
     w = ref.weight_ih_l0
-    m = rnnfused.LSTM(ref.input_size, ref.hidden_size, device=w.device, dtype=w.dtype,
-                      **(REG if regularized else {}))
+    m = _rnnfused(cell)(ref.input_size, ref.hidden_size, device=w.device, dtype=w.dtype,
+                        **(REG if regularized else {}))
     m.load_state_dict(ref.state_dict())
     return m
 
 
-def build_cell_loop(ref: nn.LSTM, **_) -> nn.Module:
+def build_cell_loop(ref: nn.Module, cell: Cell, **_) -> nn.Module:
     w = ref.weight_ih_l0
-    m = CellLoopLSTM(ref.input_size, ref.hidden_size, device=w.device, dtype=w.dtype, **REG)
+    m = CellLoop(cell, ref.input_size, ref.hidden_size, device=w.device, dtype=w.dtype, **REG)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(m.cell, name).copy_(getattr(ref, name + "_l0"))
     return m
 
 
-def build_haste(ref: nn.LSTM, **_) -> nn.Module:
-    """Haste's fused LSTM with its own regularizers: zoneout (0.1) and DropConnect on W_hh (0.5).
+def build_haste(ref: nn.Module, cell: Cell, **_) -> nn.Module:
+    """Haste's fused LSTM / GRU with its own regularizers: zoneout (0.1) and DropConnect on W_hh (0.5).
 
     Haste has no input or recurrent dropout, so this variant does somewhat less work than the others.
     """
@@ -127,35 +162,46 @@ def build_haste(ref: nn.LSTM, **_) -> nn.Module:
     except Exception as e:
         raise Unavailable(f"haste_pytorch not importable ({type(e).__name__}: {e})") from None
     w = ref.weight_ih_l0
-    m = haste_pytorch.LSTM(ref.input_size, ref.hidden_size, zoneout=REG["zoneout"],
-                           dropout=REG["weight_drop"])
+    m = getattr(haste_pytorch, cell.name)(ref.input_size, ref.hidden_size, zoneout=REG["zoneout"],
+                                          dropout=REG["weight_drop"])
     return m.to(device=w.device, dtype=w.dtype)
 
 
-# name -> (builder, keyword arguments, one-line description for the JSON)
-VARIANTS: dict[str, tuple[Callable, dict, str]] = {
-    "nn.LSTM": (build_nn_lstm, {}, "torch.nn.LSTM, no regularization (cuDNN on GPU, oneDNN on CPU)"),
-    "rnnfused": (build_rnnfused, {}, "rnnfused.LSTM, every rate 0"),
-    "rnnfused-reg": (build_rnnfused, {"regularized": True}, f"rnnfused.LSTM({REG})"),
-    "cell-loop-reg": (build_cell_loop, {}, f"Python loop over nn.LSTMCell with {REG}"),
-    "compile-loop-reg": (build_cell_loop, {}, "cell-loop-reg under torch.compile"),
-    "haste-reg": (build_haste, {}, "haste_pytorch.LSTM(zoneout=0.1, dropout=0.5 DropConnect on W_hh)"),
-}
-BASELINE = "nn.LSTM"
-
-
-def nn_lstm_backend(device: torch.device, dtype: torch.dtype) -> str:
-    """Which library nn.LSTM dispatches to here, for the JSON."""
+def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
+    """Which library the torch module dispatches to; without a device, both (for the descriptions)."""
+    if device is None:
+        return f"cuDNN on GPU, {nn_backend(cell, torch.device('cpu'))} on CPU"
     if device.type == "cuda":
         return f"cuDNN {torch.backends.cudnn.version()}" if torch.backends.cudnn.enabled else "native"
-    if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
+    # ATen sends only the LSTM to oneDNN (aten::mkldnn_rnn_layer); nn.GRU runs ATen's own loop.
+    if cell.key == "lstm" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
         return "oneDNN"
-    return "native"
+    return "native (ATen)"
 
 
-def build(name: str, ref: nn.LSTM) -> nn.Module:
-    """Builds variant `name` from `ref`, in training mode; raises Unavailable if it cannot run here."""
-    builder, kwargs, _ = VARIANTS[name]
-    m = builder(ref, **kwargs)
+def variants(cell: Cell) -> dict[str, tuple[Callable, dict, str]]:
+    """name -> (builder, keyword arguments, one-line description for the JSON), the baseline first."""
+    n = cell.name
+    return {
+        cell.baseline: (build_baseline, {}, f"torch.nn.{n}, no regularization ({nn_backend(cell)})"),
+        "rnnfused": (build_rnnfused, {}, f"rnnfused.{n}, every rate 0"),
+        "rnnfused-reg": (build_rnnfused, {"regularized": True}, f"rnnfused.{n}({REG})"),
+        "cell-loop-reg": (build_cell_loop, {}, f"Python loop over nn.{n}Cell with {REG}"),
+        "compile-loop-reg": (build_cell_loop, {}, "cell-loop-reg under torch.compile"),
+        "haste-reg": (build_haste, {}, f"haste_pytorch.{n}(zoneout=0.1, dropout=0.5 DropConnect on W_hh)"),
+    }
+
+
+ALL_NAMES = list(dict.fromkeys(name for cell in CELLS.values() for name in variants(cell)))
+
+
+def build(name: str, ref: nn.Module, cell: Cell | str = "lstm") -> nn.Module:
+    """Builds `cell`'s variant `name` from `ref`, in training mode; raises Unavailable if it cannot run
+    here (or if the cell has no such variant)."""
+    cell = CELLS[cell] if isinstance(cell, str) else cell
+    if name not in variants(cell):
+        raise Unavailable(f"no {name} variant for the {cell.name}")
+    builder, kwargs, _ = variants(cell)[name]
+    m = builder(ref, cell, **kwargs)
     m.train()
     return m

@@ -1,6 +1,8 @@
-"""The benchmark harness runs: benchmarks/run.py on one tiny config into a temporary directory writes
-a results JSON with the promised schema plus its table and plot, and report.py regenerates only the
-README text between the perf markers from it. Timings themselves are not checked.
+"""The benchmark harness runs: benchmarks/run.py on one tiny config, for the LSTM and the GRU, into a
+temporary directory writes a results JSON with the promised schema plus its tables and one plot per cell,
+and report.py regenerates only the README text between the perf markers from it, one table per cell.
+Timings themselves are not checked. Also: the cell loops the benchmarks time compute the torch modules'
+function when every rate is 0, so they are the loops they claim to be.
 
 The scripts run in this process (their main(argv)), which saves a second torch import.
 """
@@ -11,52 +13,98 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import rnnfused
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BASELINES = {"lstm": "nn.LSTM", "gru": "nn.GRU"}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """benchmarks/run.py and report.py as modules (they import their siblings by plain name)."""
+    """benchmarks/run.py, report.py and variants.py as modules (they import their siblings by plain name)."""
     sys.path.insert(0, str(BENCH))
     try:
-        return importlib.import_module("run"), importlib.import_module("report")
+        return tuple(importlib.import_module(name) for name in ("run", "report", "variants"))
     finally:
         sys.path.remove(str(BENCH))
 
 
-def test_run_writes_results_json_table_and_plot(tmp_path, bench):
-    run, report = bench
+def test_run_writes_results_json_tables_and_plots(tmp_path, bench):
+    run, report, _ = bench
     run.main(["--device", "cpu", "--configs", "4,2,8,8", "--repeats", "2", "--warmup", "1",
-              "--no-compile", "--threads", "1", "--out", str(tmp_path)])
+              "--no-compile", "--threads", "1", "--out", str(tmp_path)])       # --cell both, the default
     files = sorted(p.name for p in tmp_path.iterdir())
     [json_name] = [f for f in files if f.endswith(".json")]
     assert json_name.startswith("cpu-")
     stem = json_name[:-len(".json")]
-    assert stem + ".md" in files and stem + ".png" in files
+    assert {stem + ".md", stem + ".png", stem + "-gru.png"} <= set(files)       # one plot per cell
 
     result = json.loads((tmp_path / json_name).read_text())
-    for key in ("device", "torch", "cuda", "commit", "date", "command", "threads", "results"):
+    for key in ("device", "torch", "cuda", "commit", "date", "command", "threads", "results",
+                "nn_lstm_backend", "nn_gru_backend"):
         assert key in result, key
-    assert result["cuda"] is None and result["threads"] == 1 and result["device"]
-    timed = {r["variant"] for r in result["results"]}
-    skipped = {s["variant"] for s in result["skipped"]}
-    assert {"nn.LSTM", "cell-loop-reg"} <= timed and "compile-loop-reg" in skipped
-    assert timed | skipped == set(result["variants"]) and not timed & skipped  # each one accounted for
-    for r in result["results"]:
-        assert r["config"] == {"T": 4, "B": 2, "I": 8, "H": 8}
-        assert r["dtype"] == "float32"
-        for mode in ("fwd_ms", "fwdbwd_ms"):
-            stat = r[mode]
-            assert stat["p25"] <= stat["median"] <= stat["p75"] and stat["median"] > 0
-            assert stat["n"] == 2
-        assert r["peak_mem_mb"] is None  # not measured on the CPU
-    baseline = next(r for r in result["results"] if r["variant"] == "nn.LSTM")
-    assert baseline["vs_nn_lstm"] == {"fwd": 1.0, "fwdbwd": 1.0}
+    assert result["cuda"] is None and result["threads"] == 1 and result["device"] and result["complete"]
+    assert result["cells"] == ["lstm", "gru"] and set(result["variants"]) == {"lstm", "gru"}
+    for cell, base in BASELINES.items():
+        rows = [r for r in result["results"] if r["cell"] == cell]
+        timed = {r["variant"] for r in rows}
+        skipped = {s["variant"] for s in result["skipped"] if s["cell"] == cell}
+        assert {base, "cell-loop-reg"} <= timed and "compile-loop-reg" in skipped, (cell, timed, skipped)
+        if hasattr(rnnfused, base[3:]):           # built: the fused variants must run, not fail
+            assert {"rnnfused", "rnnfused-reg"} <= timed, [s for s in result["skipped"] if s["cell"] == cell]
+        assert timed | skipped == set(result["variants"][cell]) and not timed & skipped  # each one accounted for
+        for r in rows:
+            assert r["config"] == {"T": 4, "B": 2, "I": 8, "H": 8}
+            assert r["dtype"] == "float32"
+            for mode in ("fwd_ms", "fwdbwd_ms"):
+                stat = r[mode]
+                assert stat["p25"] <= stat["median"] <= stat["p75"] and stat["median"] > 0
+                assert stat["n"] == 2
+            assert r["peak_mem_mb"] is None  # not measured on the CPU
+            assert set(r[f"vs_nn_{cell}"]) == {"fwd", "fwdbwd"}
+        baseline = next(r for r in rows if r["variant"] == base)
+        assert baseline[f"vs_nn_{cell}"] == {"fwd": 1.0, "fwdbwd": 1.0}
 
     readme = tmp_path / "README.md"
     readme.write_text("# title\n<!-- perf:begin -->\nold text\n<!-- perf:end -->\ntail\n")
     report.main(["--readme", str(readme), str(tmp_path / json_name)])
     text = readme.read_text()
     assert text.startswith("# title\n<!-- perf:begin -->\n") and text.endswith("<!-- perf:end -->\ntail\n")
-    assert "old text" not in text and "| nn.LSTM |" in text and f"{stem}.png" in text
+    assert "old text" not in text and f"{stem}.png" in text and f"{stem}-gru.png" in text
+    lstm, gru = text.index("#### CPU LSTM: time per call, and ratio to nn.LSTM"), text.index("#### CPU GRU:")
+    assert lstm < gru and "| nn.LSTM |" in text[lstm:gru] and "| nn.GRU |" in text[gru:]
+    assert "nn.GRU" not in text[lstm:gru] and "nn.LSTM" not in text[gru:]
+    assert "| fwd vs nn.GRU |" in text[gru:]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_loop_without_regularization_is_the_torch_module(bench, cell):
+    """CellLoop with every rate 0 computes nn.LSTM's / nn.GRU's outputs, final state and gradients;
+    with rates on it still runs forward and backward, and eval mode is deterministic."""
+    _, _, variants = bench
+    kind = variants.CELLS[cell]
+    ref = variants.reference(kind, 5, 3, 4, 6, dtype=torch.float64, device="cpu")
+    loop = variants.CellLoop(kind, 4, 6, dtype=torch.float64)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(loop.cell, name).copy_(getattr(ref, name + "_l0"))
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    out_ref, state_ref = ref(x)
+    out, state = loop(x)
+    torch.testing.assert_close(out, out_ref)
+    for a, b in zip(*(s if isinstance(s, tuple) else (s,) for s in (state, state_ref))):
+        torch.testing.assert_close(a, b)
+    g = torch.randn_like(out)
+    grads_ref = torch.autograd.grad(out_ref, [x, ref.weight_hh_l0], g)
+    grads = torch.autograd.grad(out, [x, loop.cell.weight_hh], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+
+    reg = variants.build("cell-loop-reg", ref, kind)
+    out, _ = reg(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    reg.eval()
+    torch.testing.assert_close(reg(x)[0], reg(x)[0])

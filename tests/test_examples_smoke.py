@@ -1,6 +1,8 @@
 """The examples run: each one's --smoke mode end to end in a subprocess, into a temporary directory.
 
-Each run must exit 0, print its ``RESULT key=value ...`` line and write its plot. Examples whose optional
+Each run must exit 0, print its ``RESULT key=value ...`` line (saying which cell and library it used) and
+write its plot; the digits and forecasting examples also run with ``--cell gru``, with rnnfused.GRU and
+with torch.nn.GRU. Examples whose optional
 dependency is missing (scikit-learn, statsmodels) are skipped with the reason. Also checks the WikiText-2
 copy that ships inside the package loads with the published token counts.
 """
@@ -84,17 +86,26 @@ def test_word_language_model_smoke_with_torch_lstm(tmp_path):
     assert "cannot apply" in result["stdout"]          # says which regularizers torch.nn.LSTM lacks
 
 
-@needs("sklearn")
-def test_digits_classifier_smoke(tmp_path):
-    result = run_example(EXAMPLES / "digits_classifier" / "main.py", "--smoke", "--out-dir", str(tmp_path),
-                         cwd=tmp_path)
-    assert 0.0 <= float(result["test_acc"]) <= 1.0
-    assert (tmp_path / "confusion_matrix.png").exists()
+# The two small examples: directory, plot, and the RESULT fields that must be numbers in a range.
+SMALL_EXAMPLES = [
+    pytest.param("digits_classifier", "confusion_matrix.png", {"test_acc": (0.0, 1.0)},
+                 marks=needs("sklearn"), id="digits"),
+    pytest.param("forecasting", "forecast.png", {key: (0.0, math.inf) for key in
+                 ("lstm_mae", "persistence_mae", "seasonal_mae", "lstm_rmse")},
+                 marks=needs("statsmodels"), id="forecasting"),
+]
+CELLS = [(), ("--cell", "gru"), ("--cell", "gru", "--lstm", "torch")]   # () is the default: LSTM, rnnfused
 
 
-@needs("statsmodels")
-def test_forecasting_smoke(tmp_path):
-    result = run_example(EXAMPLES / "forecasting" / "main.py", "--smoke", "--out-dir", str(tmp_path), cwd=tmp_path)
-    for key in ("lstm_mae", "persistence_mae", "seasonal_mae", "lstm_rmse"):
-        assert math.isfinite(float(result[key])), key
-    assert (tmp_path / "forecast.png").exists()
+@pytest.mark.parametrize("args", CELLS, ids=lambda a: " ".join(a) or "default")
+@pytest.mark.parametrize("example, plot, ranges", SMALL_EXAMPLES)
+def test_small_example_smoke(tmp_path, example, plot, ranges, args):
+    result = run_example(EXAMPLES / example / "main.py", "--smoke", *args, "--out-dir", str(tmp_path), cwd=tmp_path)
+    cell, lib = ("gru" if "gru" in args else "lstm"), ("torch" if "torch" in args else "rnnfused")
+    assert (result["cell"], result["lstm"]) == (cell, lib)      # the RESULT line says which cell and library
+    assert f"{lib} {cell.upper()}" in result["stdout"] or f"{cell.upper()} ({lib})" in result["stdout"]
+    if lib == "torch":                                  # says which regularizers torch.nn.GRU lacks
+        assert f"torch.nn.{cell.upper()} cannot apply" in result["stdout"]
+    for key, (low, high) in ranges.items():
+        assert low <= float(result[key]) <= high and math.isfinite(float(result[key])), (key, result[key])
+    assert (tmp_path / plot).exists()

@@ -2,16 +2,20 @@
 
 scikit-learn's 8x8 digits (1,797 images, 10 classes; UCI "Optical Recognition of Handwritten Digits",
 shipped inside scikit-learn): each image is a sequence of 8 rows of 8 pixels. A 2-layer bidirectional
-LSTM with zoneout, variational input/recurrent dropout and weight drop reads the rows; the final states of
-both directions of the last layer go to a linear classifier. A stratified split keeps 20% for testing
-and 15% of the rest for validation (early stopping, best weights restored).
+LSTM (or GRU, ``--cell gru``) with zoneout, variational input/recurrent dropout and weight drop reads the
+rows; the final states of both directions of the last layer go to a linear classifier. A stratified split
+keeps 20% for testing and 15% of the rest for validation (early stopping, best weights restored).
 
     python3 examples/digits_classifier/main.py                  # ~1 min on 2 CPU cores
     python3 examples/digits_classifier/main.py --lstm torch     # torch.nn.LSTM, no in-recurrence regularizers
+    python3 examples/digits_classifier/main.py --cell gru       # rnnfused.GRU (with --lstm torch: torch.nn.GRU)
     python3 examples/digits_classifier/main.py --smoke          # seconds, for CI
 
-Writes ``runs/digits-<lstm>/confusion_matrix.png`` (``--out-dir``); the last line printed is
-``RESULT ... test_acc=...``. Needs scikit-learn (``pip install scikit-learn``).
+``--lstm`` picks the library (rnnfused or torch.nn) for either cell; ``--zoneout`` is on c and h for the
+LSTM, on h for the GRU (it has no c). Writes ``runs/digits-<lstm>/confusion_matrix.png``
+(``runs/digits-gru-<lstm>/`` for the GRU; ``--out-dir``); the last line printed is
+``RESULT example=digits_classifier cell=... lstm=... test_acc=...``. Needs scikit-learn
+(``pip install scikit-learn``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 try:
-    import rnnfused  # noqa: F401
+    import rnnfused
 except ImportError:        # running from a source checkout that is not installed
     sys.path.insert(0, str(HERE.parents[1]))
+    import rnnfused
 
 from rnnfused.regularization import EarlyStopping  # noqa: E402
 
@@ -38,23 +43,22 @@ IN_RECURRENCE = ("zoneout", "input_dropout", "recurrent_dropout", "weight_drop")
 
 
 class RowClassifier(nn.Module):
-    """Bidirectional LSTM over the image rows -> concatenated final states -> dropout -> linear."""
+    """Bidirectional LSTM or GRU over the image rows -> concatenated final states -> dropout -> linear.
 
-    def __init__(self, lstm: str, rows_features: int, hidden: int, layers: int, classes: int,
+    ``cell`` is "lstm" or "gru", ``lstm`` the library ("rnnfused" or "torch"); ``rates`` go to rnnfused."""
+
+    def __init__(self, cell: str, lstm: str, rows_features: int, hidden: int, layers: int, classes: int,
                  dropout: float, **rates: float):
         super().__init__()
-        if lstm == "rnnfused":
-            import rnnfused
-            self.rnn = rnnfused.LSTM(rows_features, hidden, layers, batch_first=True, bidirectional=True,
-                                     dropout=dropout, **rates)
-        else:
-            self.rnn = nn.LSTM(rows_features, hidden, layers, batch_first=True, bidirectional=True,
-                               dropout=dropout)
+        rnn = getattr(rnnfused if lstm == "rnnfused" else nn, cell.upper())    # e.g. rnnfused.GRU
+        self.rnn = rnn(rows_features, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout,
+                       **rates)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(2 * hidden, classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _, (h_n, _) = self.rnn(images)                 # h_n: (layers * 2, B, H)
+        _, state = self.rnn(images)
+        h_n = state[0] if isinstance(state, tuple) else state    # LSTM: (h_n, c_n); GRU: h_n (layers * 2, B, H)
         last = torch.cat([h_n[-2], h_n[-1]], dim=1)    # forward and backward direction of the last layer
         return self.head(self.drop(last))
 
@@ -115,9 +119,11 @@ def plot_confusion(y_true, y_pred, path: Path, title: str) -> bool:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--lstm", choices=["rnnfused", "torch"], default="rnnfused")
+    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="the recurrent cell")
+    p.add_argument("--lstm", choices=["rnnfused", "torch"], default="rnnfused",
+                   help="the library: rnnfused.LSTM / rnnfused.GRU, or torch.nn.LSTM / torch.nn.GRU")
     p.add_argument("--smoke", action="store_true", help="a few epochs on a tiny model (seconds), for CI")
-    p.add_argument("--out-dir", default=None, help="default runs/digits-<lstm>")
+    p.add_argument("--out-dir", default=None, help="default runs/digits-<lstm>, runs/digits-gru-<lstm> for the GRU")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=80)
@@ -125,7 +131,7 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--patience", type=int, default=15)
     p.add_argument("--dropout", type=float, default=0.2, help="between layers and before the classifier")
-    p.add_argument("--zoneout", type=float, default=0.1, help="[rnnfused]")
+    p.add_argument("--zoneout", type=float, default=0.1, help="on c and h (LSTM), on h (GRU) [rnnfused]")
     p.add_argument("--input-dropout", type=float, default=0.1, help="variational, on each layer's input [rnnfused]")
     p.add_argument("--recurrent-dropout", type=float, default=0.1, help="variational, on h_{t-1} [rnnfused]")
     p.add_argument("--weight-drop", type=float, default=0.2, help="DropConnect on W_hh [rnnfused]")
@@ -133,7 +139,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.smoke:
         args.hidden, args.epochs, args.patience = 16, 2, 2
-    out_dir = Path(args.out_dir or os.path.join("runs", f"digits-{args.lstm}"))
+    cell = args.cell.upper()
+    run_name = ("digits" if args.cell == "lstm" else f"digits-{args.cell}") + f"-{args.lstm}"
+    out_dir = Path(args.out_dir or os.path.join("runs", run_name))
     out_dir.mkdir(parents=True, exist_ok=True)
     wall_start = time.time()
     torch.manual_seed(args.seed)
@@ -143,11 +151,11 @@ def main(argv=None) -> dict:
     if args.lstm == "torch":
         ignored = {k: v for k, v in rates.items() if v}
         if ignored:
-            print(f"note: torch.nn.LSTM cannot apply {ignored} inside the recurrence; they are off in this run")
+            print(f"note: torch.nn.{cell} cannot apply {ignored} inside the recurrence; they are off in this run")
         rates = {}
-    model = RowClassifier(args.lstm, 8, args.hidden, args.layers, 10, args.dropout, **rates)
+    model = RowClassifier(args.cell, args.lstm, 8, args.hidden, args.layers, 10, args.dropout, **rates)
     print(f"digits: {len(y_tr)} train / {len(y_val)} validation / {len(y_te)} test images, 8 rows of 8 pixels; "
-          f"{args.layers}-layer bidirectional LSTM ({args.lstm}), hidden {args.hidden}, "
+          f"{args.layers}-layer bidirectional {cell} ({args.lstm}), hidden {args.hidden}, "
           f"{sum(q.numel() for q in model.parameters()):,} parameters")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     stopper = EarlyStopping(patience=args.patience, mode="max")
@@ -175,10 +183,10 @@ def main(argv=None) -> dict:
     test_acc, pred = accuracy_and_predictions(model, x_te, y_te)
     wall_s = time.time() - wall_start
     plot = out_dir / "confusion_matrix.png"
-    plotted = plot_confusion(y_te, pred, plot, f"8x8 digits, bidirectional {args.lstm} LSTM: test acc {test_acc:.3f}")
+    plotted = plot_confusion(y_te, pred, plot, f"8x8 digits, bidirectional {args.lstm} {cell}: test acc {test_acc:.3f}")
     if plotted:
         print(f"confusion matrix: {plot}")
-    print(f"RESULT example=digits_classifier lstm={args.lstm} epochs={stopper.steps} "
+    print(f"RESULT example=digits_classifier cell={args.cell} lstm={args.lstm} epochs={stopper.steps} "
           f"val_acc={stopper.best:.4f} test_acc={test_acc:.4f} test_errors={int((pred != y_te).sum())}/{len(y_te)} "
           f"wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else ""), flush=True)
     return dict(test_acc=test_acc, wall_s=wall_s)

@@ -12,10 +12,14 @@ and a forecast-vs-actual plot is written.
 
     python3 examples/forecasting/main.py                 # ~1 min on 2 CPU cores
     python3 examples/forecasting/main.py --lstm torch    # torch.nn.LSTM, no in-recurrence regularizers
+    python3 examples/forecasting/main.py --cell gru      # rnnfused.GRU (with --lstm torch: torch.nn.GRU)
     python3 examples/forecasting/main.py --smoke         # seconds, for CI
 
-Writes ``runs/sunspots-<lstm>/forecast.png`` (``--out-dir``); the last line printed is ``RESULT ...``.
-Needs statsmodels (``pip install statsmodels``).
+``--lstm`` picks the library (rnnfused or torch.nn) for either cell; ``--zoneout`` is on c and h for the
+LSTM, on h for the GRU (it has no c). Writes ``runs/sunspots-<lstm>/forecast.png``
+(``runs/sunspots-gru-<lstm>/`` for the GRU; ``--out-dir``); the last line printed is
+``RESULT example=forecasting cell=... lstm=... lstm_mae=...`` (``lstm_*``: the recurrent model's
+errors, whichever the cell). Needs statsmodels (``pip install statsmodels``).
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 try:
-    import rnnfused  # noqa: F401
+    import rnnfused
 except ImportError:        # running from a source checkout that is not installed
     sys.path.insert(0, str(HERE.parents[1]))
+    import rnnfused
 
 from rnnfused.regularization import EarlyStopping  # noqa: E402
 
@@ -42,15 +47,14 @@ SEASON = 11   # years: the mean length of the solar cycle
 
 
 class Forecaster(nn.Module):
-    """LSTM over the window -> linear head on the last step's output -> next (scaled) value."""
+    """LSTM or GRU over the window -> linear head on the last step's output -> next (scaled) value.
 
-    def __init__(self, lstm: str, hidden: int, layers: int, **rates: float):
+    ``cell`` is "lstm" or "gru", ``lstm`` the library ("rnnfused" or "torch"); ``rates`` go to rnnfused."""
+
+    def __init__(self, cell: str, lstm: str, hidden: int, layers: int, **rates: float):
         super().__init__()
-        if lstm == "rnnfused":
-            import rnnfused
-            self.rnn = rnnfused.LSTM(1, hidden, layers, batch_first=True, **rates)
-        else:
-            self.rnn = nn.LSTM(1, hidden, layers, batch_first=True)
+        rnn = getattr(rnnfused if lstm == "rnnfused" else nn, cell.upper())    # e.g. rnnfused.GRU
+        self.rnn = rnn(1, hidden, layers, batch_first=True, **rates)
         self.head = nn.Linear(hidden, 1)
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:      # (B, L) -> (B,)
@@ -89,9 +93,9 @@ def plot_forecast(years, actual, forecasts: dict, first_test: int, path: Path, t
     start = max(0, first_test - 40)
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(years[start:], actual[start:].tolist(), "k-", lw=1.5, label="actual")
-    styles = {"LSTM": "C0o-", "persistence": "C1--", "seasonal naive (11 y)": "C2:"}
+    styles = {"persistence": "C1--", "seasonal naive (11 y)": "C2:"}     # the model: C0o-
     for name, pred in forecasts.items():
-        ax.plot(years[first_test:], pred.tolist(), styles.get(name, "-"), ms=3, lw=1.2, label=name)
+        ax.plot(years[first_test:], pred.tolist(), styles.get(name, "C0o-"), ms=3, lw=1.2, label=name)
     ax.axvline(years[first_test] - 0.5, color="grey", lw=0.8)
     ax.text(years[first_test], ax.get_ylim()[1] * 0.95, " test period", color="grey", va="top", fontsize=8)
     ax.set_xlabel("year")
@@ -107,9 +111,11 @@ def plot_forecast(years, actual, forecasts: dict, first_test: int, path: Path, t
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--lstm", choices=["rnnfused", "torch"], default="rnnfused")
+    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="the recurrent cell")
+    p.add_argument("--lstm", choices=["rnnfused", "torch"], default="rnnfused",
+                   help="the library: rnnfused.LSTM / rnnfused.GRU, or torch.nn.LSTM / torch.nn.GRU")
     p.add_argument("--smoke", action="store_true", help="a few epochs (seconds), for CI")
-    p.add_argument("--out-dir", default=None, help="default runs/sunspots-<lstm>")
+    p.add_argument("--out-dir", default=None, help="default runs/sunspots-<lstm>, runs/sunspots-gru-<lstm> for the GRU")
     p.add_argument("--window", type=int, default=22, help="years of history the model reads (two cycles)")
     p.add_argument("--test-years", type=int, default=40)
     p.add_argument("--val-years", type=int, default=30)
@@ -119,13 +125,15 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--patience", type=int, default=60)
-    p.add_argument("--zoneout", type=float, default=0.1, help="[rnnfused]")
+    p.add_argument("--zoneout", type=float, default=0.1, help="on c and h (LSTM), on h (GRU) [rnnfused]")
     p.add_argument("--recurrent-dropout", type=float, default=0.1, help="[rnnfused]")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.smoke:
         args.epochs, args.hidden = 3, 8
-    out_dir = Path(args.out_dir or os.path.join("runs", f"sunspots-{args.lstm}"))
+    cell = args.cell.upper()
+    run_name = ("sunspots" if args.cell == "lstm" else f"sunspots-{args.cell}") + f"-{args.lstm}"
+    out_dir = Path(args.out_dir or os.path.join("runs", run_name))
     out_dir.mkdir(parents=True, exist_ok=True)
     wall_start = time.time()
     torch.manual_seed(args.seed)
@@ -145,12 +153,12 @@ def main(argv=None) -> dict:
     if args.lstm == "torch":
         ignored = {k: v for k, v in rates.items() if v}
         if ignored:
-            print(f"note: torch.nn.LSTM cannot apply {ignored} inside the recurrence; they are off in this run")
+            print(f"note: torch.nn.{cell} cannot apply {ignored} inside the recurrence; they are off in this run")
         rates = {}
-    model = Forecaster(args.lstm, args.hidden, args.layers, **rates)
+    model = Forecaster(args.cell, args.lstm, args.hidden, args.layers, **rates)
     print(f"sunspots {years[0]}-{years[-1]} ({n} years): train targets {years[args.window]}-{years[first_val - 1]}, "
           f"validation {years[first_val]}-{years[first_test - 1]}, test {years[first_test]}-{years[-1]}; "
-          f"window {args.window} years, {args.lstm} LSTM hidden {args.hidden}")
+          f"window {args.window} years, {args.lstm} {cell} hidden {args.hidden}")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     stopper = EarlyStopping(patience=args.patience, mode="min")
 
@@ -177,7 +185,7 @@ def main(argv=None) -> dict:
             break
     stopper.restore(model)
 
-    forecasts = {"LSTM": predict(x_te),
+    forecasts = {cell: predict(x_te),
                  "persistence": series[first_test - 1:n - 1],
                  "seasonal naive (11 y)": series[first_test - SEASON:n - SEASON]}
     scores = {name: metrics(pred, actual) for name, pred in forecasts.items()}
@@ -186,15 +194,16 @@ def main(argv=None) -> dict:
         print(f"  {name:24s} MAE {mae:6.2f}  RMSE {rmse:6.2f}")
     wall_s = time.time() - wall_start
     plot = out_dir / "forecast.png"
-    title = (f"Yearly sunspots, one year ahead: {args.lstm} LSTM MAE {scores['LSTM'][0]:.1f}, "
+    title = (f"Yearly sunspots, one year ahead: {args.lstm} {cell} MAE {scores[cell][0]:.1f}, "
              f"persistence {scores['persistence'][0]:.1f}, seasonal naive {scores['seasonal naive (11 y)'][0]:.1f}")
     plotted = plot_forecast(years, series, forecasts, first_test, plot, title)
     if plotted:
         print(f"forecast plot: {plot}")
-    (lm, lr_), (pm, pr), (sm_, sr) = scores["LSTM"], scores["persistence"], scores["seasonal naive (11 y)"]
-    print(f"RESULT example=forecasting lstm={args.lstm} test_years={args.test_years} lstm_mae={lm:.2f} "
-          f"lstm_rmse={lr_:.2f} persistence_mae={pm:.2f} persistence_rmse={pr:.2f} seasonal_mae={sm_:.2f} "
-          f"seasonal_rmse={sr:.2f} wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else ""), flush=True)
+    (lm, lr_), (pm, pr), (sm_, sr) = scores[cell], scores["persistence"], scores["seasonal naive (11 y)"]
+    print(f"RESULT example=forecasting cell={args.cell} lstm={args.lstm} test_years={args.test_years} "
+          f"lstm_mae={lm:.2f} lstm_rmse={lr_:.2f} persistence_mae={pm:.2f} persistence_rmse={pr:.2f} "
+          f"seasonal_mae={sm_:.2f} seasonal_rmse={sr:.2f} wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else ""),
+          flush=True)
     return dict(scores=scores, wall_s=wall_s)
 
 
