@@ -36,9 +36,20 @@ def _workspace_fake(input, need_workspace, T, B, H, R, with_cell):
     return [input.new_empty(shape) for shape in shapes]
 
 
+def _check_devices(input, **named):
+    """The device check of the C++ plan, for the fake implementations: a call that mixes a meta
+    tensor with real ones lands here and must refuse, not return uninitialized memory."""
+    for name, t in named.items():
+        if t is not None and t.device != input.device:
+            raise ValueError(f"rnnfused: {name} must be on the device of input ({input.device}), "
+                             f"got {t.device}")
+
+
 @torch.library.register_fake("rnnfused::lstm_forward")
 def _lstm_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths,
                        seed, layer, reverse, training, rates, need_workspace):
+    _check_devices(input, h0=h0, c0=c0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                   bias_hh=bias_hh, weight_hr=weight_hr)
     T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
     gates, hs, cs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=True)
     with_ctil = need_workspace and rates[_ZONEOUT_C] > 0
@@ -50,6 +61,8 @@ def _lstm_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, we
 @torch.library.register_fake("rnnfused::gru_forward")
 def _gru_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, seed, layer,
                       reverse, training, rates, need_workspace):
+    _check_devices(input, h0=h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                   bias_hh=bias_hh)
     T, B, H, R = _sizes(input, weight_ih, 3)
     gates, hs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=False)
     return input.new_empty((T, B, R)), input.new_empty((B, R)), gates, hs

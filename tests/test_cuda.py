@@ -1,7 +1,8 @@
 """SPEC §3, §5: the CUDA kernels compute the CPU kernels' function — same seed, same masks, same
 workspace — and the reference's, in every dtype CUDA supports; they write every element they
 return, handle every launch geometry, keep nothing when no gradient is needed, and queue their
-work on the current stream without synchronizing. Skipped without a GPU or without the CUDA build.
+work on the current stream without synchronizing — for the LSTM and the GRU layer alike. Skipped
+without a GPU or without the CUDA build.
 """
 
 import copy
@@ -14,9 +15,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfused
 from conftest import REGULARIZERS as BASE_REGULARIZERS
-from conftest import ALL_RATES, NO_RATES, grads, layer_args, make_layer_inputs, random_lengths, weighted_sum
-from rnnfused import functional as F
-from rnnfused import reference
+from conftest import ALL_RATES, CELLS, GRU_ALL_RATES, GRU_NO_RATES, GRU_REGULARIZERS, NO_RATES, grads, hx_tensors, \
+    in_every_call_mode, module_rates, random_lengths, weighted_sum
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -27,6 +27,24 @@ SEED = 20240611
 CUDA = torch.device("cuda")
 
 REGULARIZERS = dict(BASE_REGULARIZERS, all_but_zoneout_h=dict(ALL_RATES, zoneout_h=0.0))
+REGULARIZERS_OF = {"LSTM": REGULARIZERS,
+                   "GRU": dict(GRU_REGULARIZERS, all_but_zoneout_h=dict(GRU_ALL_RATES, zoneout_h=0.0))}
+# The LSTM without and with a projection, and the GRU (which has none).
+CELL_P = [("LSTM", 0), ("LSTM", 3), ("GRU", 0)]
+
+
+def cell_inputs(cell, T, B, I, H, P=0, **kw):
+    """Random arguments of the cell's layer; P > 0 gives the LSTM a projection."""
+    return CELLS[cell].make_inputs(T, B, I, H, **(dict(P=P) if P else {}), **kw)
+
+
+def all_rates(cell, P=0):
+    """Every regularizer of the cell; with a projection, every one but zoneout_h."""
+    return dict(ALL_RATES, zoneout_h=0.0) if P else CELLS[cell].all_rates
+
+
+def cell_of(inputs):
+    return CELLS["LSTM" if "c0" in inputs else "GRU"]
 
 
 @pytest.fixture(autouse=True)
@@ -51,22 +69,33 @@ def on(inputs, device, dtype=None):
     return out
 
 
-def run(inputs, **kw):
-    """Outputs (output, h_n, c_n) and the gradient of every argument, as a flat list; None where
-    an argument is absent. Gradients are taken when the inputs require grad."""
-    out = F.lstm_layer(*layer_args(inputs), **kw)
+def with_grads(out, inputs):
+    """A layer's outputs as a list, then the gradient of every argument in `inputs` (None where one
+    is absent), when the inputs require grad."""
     result = list(out)
     if any(t is not None and t.requires_grad for t in inputs.values()):
         result += grads(weighted_sum(out), list(inputs.values()))
     return result
 
 
+def run(inputs, **kw):
+    """The fused layer of the cell `inputs` belong to: outputs (output, h_n[, c_n]) and gradients."""
+    return with_grads(cell_of(inputs).fused(inputs, **kw), inputs)
+
+
 NAMES = ["output", "h_n", "c_n"] + ["grad " + n for n in ("input", "h0", "c0", "weight_ih", "weight_hh",
                                                           "bias_ih", "bias_hh", "weight_hr")]
+GRU_NAMES = ["output", "h_n"] + ["grad " + n for n in ("input", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+
+def names_of(results):
+    """The names of run()'s results, told apart by their number: the GRU's 2 outputs (+ 6 gradients)
+    or the LSTM's 3 (+ 8)."""
+    return GRU_NAMES if len(results) in (2, len(GRU_NAMES)) else NAMES
 
 
 def assert_all_close(got, want, *, atol, rtol, what=""):
-    for name, a, b in zip(NAMES, got, want):
+    for name, a, b in zip(names_of(want), got, want):
         if b is None:
             assert a is None, f"{what} {name}"
             continue
@@ -89,60 +118,56 @@ def max_error(got, want):
 # CUDA computes the CPU kernels' function
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("P", [0, 3], ids=["noproj", "proj"])
-@pytest.mark.parametrize("regularizer", list(REGULARIZERS))
-def test_cuda_equals_cpu_in_float64_for_the_same_seed(regularizer, P, training, reverse, with_lengths):
+@in_every_call_mode
+@pytest.mark.parametrize("cell,P,regularizer", [(cell, P, r) for cell, P in CELL_P for r in REGULARIZERS_OF[cell]])
+def test_cuda_equals_cpu_in_float64_for_the_same_seed(cell, P, regularizer, training, reverse, with_lengths):
     T, B, I, H = 6, 4, 5, 7
-    torch.manual_seed(zlib.crc32(repr((regularizer, P)).encode()))
-    inputs = make_layer_inputs(T, B, I, H, P)
+    torch.manual_seed(zlib.crc32(repr((cell, regularizer, P)).encode()))
+    inputs = cell_inputs(cell, T, B, I, H, P)
     lengths = random_lengths(T, B) if with_lengths else None
-    kw = dict(seed=SEED, training=training, reverse=reverse, lengths=lengths, layer=2, **REGULARIZERS[regularizer])
+    kw = dict(seed=SEED, training=training, reverse=reverse, lengths=lengths, layer=2,
+              **REGULARIZERS_OF[cell][regularizer])
     want = run(inputs, **kw)
     got = run(on(inputs, CUDA), **kw)
     assert_all_close(got, want, atol=1e-10, rtol=1e-9, what="cuda vs cpu float64:")
 
 
-@pytest.mark.parametrize("P", [0, 4])
+@pytest.mark.parametrize("cell,P", [("LSTM", 0), ("LSTM", 4), ("GRU", 0)])
 @pytest.mark.parametrize("regularizer", ["none", "all", "all_but_zoneout_h"])
-def test_cuda_equals_cpu_in_float32_without_tf32(regularizer, P):
+def test_cuda_equals_cpu_in_float32_without_tf32(regularizer, cell, P):
     T, B, I, H = 12, 6, 16, 24
     torch.manual_seed(11)
-    inputs = make_layer_inputs(T, B, I, H, P, dtype=torch.float32)
-    kw = dict(seed=SEED, lengths=random_lengths(T, B), **REGULARIZERS[regularizer])
+    inputs = cell_inputs(cell, T, B, I, H, P, dtype=torch.float32)
+    kw = dict(seed=SEED, lengths=random_lengths(T, B), **REGULARIZERS_OF[cell][regularizer])
     want = run(inputs, **kw)
     got = run(on(inputs, CUDA), **kw)
     # float32 rounding (6e-8) grown over T steps and sums of up to T*B terms.
-    for name, err in zip(NAMES, max_error(got, want)):
+    for name, err in zip(names_of(want), max_error(got, want)):
         assert err < 5e-5, f"{name}: relative error {err:.2e}"
 
 
-def test_cuda_draws_the_masks_lstm_masks_materializes():
-    # CUDA replays the reference given lstm_masks(seed) bit for bit up to rounding.
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cuda_draws_the_masks_lstm_masks_and_gru_masks_materialize(cell):
+    # CUDA replays the reference given lstm_masks / gru_masks(seed) bit for bit up to rounding.
     T, B, I, H = 5, 3, 4, 6
     torch.manual_seed(12)
-    inputs = make_layer_inputs(T, B, I, H, device=CUDA)
+    c = CELLS[cell]
+    inputs = c.make_inputs(T, B, I, H, device=CUDA)
     lengths = torch.tensor([5, 2, 4])
     for layer, reverse in [(0, False), (1, True), (5, False)]:
-        got = run(inputs, seed=SEED, layer=layer, reverse=reverse, lengths=lengths, **ALL_RATES)
-        masks = F.lstm_masks(SEED, T, B, I, H, layer=layer, reverse=reverse, dtype=torch.float64, device=CUDA,
-                             **ALL_RATES)
-        expected = reference.lstm_layer(*layer_args(inputs), masks=masks, reverse=reverse, lengths=lengths,
-                                        **ALL_RATES)
-        want = list(expected) + grads(weighted_sum(expected), list(inputs.values()))
+        kw = dict(layer=layer, reverse=reverse, lengths=lengths, **c.all_rates)
+        got = run(inputs, seed=SEED, **kw)
+        want = with_grads(c.replay(inputs, SEED, **kw), inputs)
         assert_all_close(got, want, atol=1e-10, rtol=1e-9, what=f"layer {layer} reverse {reverse}:")
 
 
-@pytest.mark.parametrize("P", [0, 2])
-def test_cuda_equals_the_reference_with_projection_in_evaluation(P):
+@pytest.mark.parametrize("cell,P", [("LSTM", 0), ("LSTM", 2), ("GRU", 0)])
+def test_cuda_equals_the_reference_in_evaluation(cell, P):
     torch.manual_seed(13)
-    inputs = make_layer_inputs(5, 3, 4, 5, P, device=CUDA)
-    lengths = torch.tensor([5, 1, 3])
-    got = run(inputs, training=False, reverse=True, lengths=lengths, **ALL_RATES)
-    expected = reference.lstm_layer(*layer_args(inputs), training=False, reverse=True, lengths=lengths, **ALL_RATES)
-    want = list(expected) + grads(weighted_sum(expected), list(inputs.values()))
+    inputs = cell_inputs(cell, 5, 3, 4, 5, P, device=CUDA)
+    kw = dict(training=False, reverse=True, lengths=torch.tensor([5, 1, 3]), **CELLS[cell].all_rates)
+    got = run(inputs, **kw)
+    want = with_grads(cell_of(inputs).replay(inputs, SEED, **kw), inputs)
     assert_all_close(got, want, atol=1e-10, rtol=1e-9)
 
 
@@ -150,18 +175,20 @@ def test_cuda_equals_the_reference_with_projection_in_evaluation(P):
 # Gradients
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("P,rates", [(0, ALL_RATES), (2, dict(ALL_RATES, zoneout_h=0.0)), (2, ALL_RATES),
-                                     (0, NO_RATES)], ids=["all", "proj", "proj_zoneout_h", "none"])
+@pytest.mark.parametrize("cell,P,rates", [("LSTM", 0, ALL_RATES), ("LSTM", 2, dict(ALL_RATES, zoneout_h=0.0)),
+                                          ("LSTM", 2, ALL_RATES), ("LSTM", 0, NO_RATES), ("GRU", 0, GRU_ALL_RATES),
+                                          ("GRU", 0, GRU_NO_RATES)],
+                         ids=["all", "proj", "proj_zoneout_h", "none", "gru_all", "gru_none"])
 @pytest.mark.parametrize("training", [True, False])
-def test_gradcheck_on_cuda_in_float64(P, rates, training):
+def test_gradcheck_on_cuda_in_float64(cell, P, rates, training):
     torch.manual_seed(14)
-    inputs = make_layer_inputs(4, 3, 2, 3, P, device=CUDA)
+    inputs = cell_inputs(cell, 4, 3, 2, 3, P, device=CUDA)
     names = [k for k, v in inputs.items() if v is not None]
 
     def f(*tensors):
         args = dict(inputs, **dict(zip(names, tensors)))
-        return F.lstm_layer(*layer_args(args), seed=SEED, training=training, reverse=True,
-                            lengths=torch.tensor([4, 2, 3]), **rates)
+        return CELLS[cell].fused(args, seed=SEED, training=training, reverse=True, lengths=torch.tensor([4, 2, 3]),
+                                 **rates)
 
     assert torch.autograd.gradcheck(f, tuple(inputs[k] for k in names), atol=1e-7, rtol=1e-5)
 
@@ -172,21 +199,19 @@ def test_gradcheck_on_cuda_in_float64(P, rates, training):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("regularizer", ["none", "all_but_zoneout_h", "all"])
-@pytest.mark.parametrize("P", [0, 4])
-def test_half_and_bfloat16_within_their_rounding_of_the_float64_reference(dtype, regularizer, P):
+@pytest.mark.parametrize("cell,P", [("LSTM", 0), ("LSTM", 4), ("GRU", 0)])
+def test_half_and_bfloat16_within_their_rounding_of_the_float64_reference(dtype, regularizer, cell, P):
     # The tolerance is the error the same reference makes when run in `dtype` (FlashAttention's
     # rule): the fused kernel, which computes in float32 and rounds only what it stores, must do
     # no worse than a few times that.
     T, B, I, H = 10, 8, 32, 40
-    rates = REGULARIZERS[regularizer]
+    rates = REGULARIZERS_OF[cell][regularizer]
     torch.manual_seed(15)
-    exact = make_layer_inputs(T, B, I, H, P, device=CUDA)
+    exact = cell_inputs(cell, T, B, I, H, P, device=CUDA)
     lengths = random_lengths(T, B)
-    masks = F.lstm_masks(SEED, T, B, I, H, proj_size=P, dtype=torch.float64, device=CUDA, **rates)
 
-    def reference_run(inputs):
-        out = reference.lstm_layer(*layer_args(inputs), masks=masks, lengths=lengths, **rates)
-        return list(out) + grads(weighted_sum(out), list(inputs.values()))
+    def reference_run(inputs):  # the masks of SEED, {0, 1} in any dtype
+        return with_grads(CELLS[cell].replay(inputs, SEED, lengths=lengths, **rates), inputs)
 
     want = reference_run(exact)
     low = on(exact, CUDA, dtype)
@@ -195,16 +220,17 @@ def test_half_and_bfloat16_within_their_rounding_of_the_float64_reference(dtype,
         assert t is None or (t.dtype == dtype and torch.isfinite(t).all())
     baseline = max_error(reference_run(on(exact, CUDA, dtype)), want)
     eps = torch.finfo(dtype).eps
-    for name, err, base in zip(NAMES, max_error(got, want), baseline):
+    for name, err, base in zip(names_of(want), max_error(got, want), baseline):
         assert err <= 3 * base + 4 * eps, f"{name}: error {err:.2e}, the {dtype} reference's {base:.2e}"
 
 
-def test_module_runs_under_cuda_autocast_in_bfloat16():
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_module_runs_under_cuda_autocast_in_bfloat16(mode):
     torch.manual_seed(16)
-    model = rnnfused.LSTM(8, 16, num_layers=2, zoneout=0.1, input_dropout=0.2).cuda()
+    model = getattr(rnnfused, mode)(8, 16, num_layers=2, zoneout=0.1, input_dropout=0.2).cuda()
     x = torch.randn(5, 3, 8, device=CUDA)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out, (h, c) = model(x)
+        out = model(x)[0]
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
@@ -227,27 +253,32 @@ GEOMETRY = [
 ]
 
 
-@pytest.mark.parametrize("size", GEOMETRY, ids=lambda s: "T{}B{}I{}H{}P{}".format(*s))
-def test_launch_geometry_matches_cpu(size):
+# The GRU runs every size without the projection.
+CELL_GEOMETRY = [("LSTM", s) for s in GEOMETRY] + [("GRU", s[:4] + (0,)) for s in GEOMETRY]
+
+
+@pytest.mark.parametrize("cell,size", CELL_GEOMETRY,
+                         ids=lambda v: "T{}B{}I{}H{}P{}".format(*v) if isinstance(v, tuple) else v)
+def test_launch_geometry_matches_cpu(cell, size):
     T, B, I, H, P = size
     torch.manual_seed(zlib.crc32(repr(size).encode()))
-    inputs = make_layer_inputs(T, B, I, H, P)
+    inputs = cell_inputs(cell, T, B, I, H, P)
     lengths = random_lengths(T, B)
-    rates = dict(ALL_RATES, zoneout_h=0.0) if P else ALL_RATES
-    kw = dict(seed=SEED, lengths=lengths, reverse=True, **rates)
+    kw = dict(seed=SEED, lengths=lengths, reverse=True, **all_rates(cell, P))
     want = run(inputs, **kw)
     got = run(on(inputs, CUDA), **kw)
     assert_all_close(got, want, atol=1e-9, rtol=1e-8, what=str(size))
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("T,B", [(0, 3), (4, 0)], ids=["empty_sequence", "empty_batch"])
-def test_empty_sizes_behave_like_cpu(T, B):
+def test_empty_sizes_behave_like_cpu(T, B, cell):
     torch.manual_seed(17)
-    inputs = make_layer_inputs(T, B, 3, 4)
+    inputs = CELLS[cell].make_inputs(T, B, 3, 4)
     results = []
     for device in ("cpu", CUDA):
         try:
-            results.append(run(on(inputs, device), seed=SEED, **ALL_RATES))
+            results.append(run(on(inputs, device), seed=SEED, **CELLS[cell].all_rates))
         except Exception as error:  # the CPU's refusal must be CUDA's too
             results.append(type(error))
     if isinstance(results[0], type):
@@ -270,18 +301,17 @@ def poison_the_allocator():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 @pytest.mark.parametrize("mode", ["train", "eval", "no_grad"])
-@pytest.mark.parametrize("P", [0, 3])
-def test_every_output_element_is_written(dtype, mode, P):
+@pytest.mark.parametrize("cell,P", CELL_P)
+def test_every_output_element_is_written(dtype, mode, cell, P):
     T, B, I, H = 9, 5, 4, 11
     torch.manual_seed(18)
-    inputs = make_layer_inputs(T, B, I, H, P, requires_grad=mode != "no_grad")
+    inputs = cell_inputs(cell, T, B, I, H, P, requires_grad=mode != "no_grad")
     lengths = random_lengths(T, B)
-    rates = dict(ALL_RATES, zoneout_h=0.0) if P else ALL_RATES
-    kw = dict(seed=SEED, lengths=lengths, training=mode != "eval", **rates)
+    kw = dict(seed=SEED, lengths=lengths, training=mode != "eval", **all_rates(cell, P))
     want = run(inputs, **kw)
     poison_the_allocator()
     got = run(on(inputs, CUDA, dtype), **kw)
-    for name, t in zip(NAMES, got):
+    for name, t in zip(names_of(got), got):
         assert t is None or not torch.isnan(t).any(), f"{name} has unwritten (NaN) elements"
     for b, n in enumerate(lengths.tolist()):
         assert torch.all(got[0][n:, b] == 0)
@@ -300,28 +330,32 @@ def peak_memory(fn):
     return torch.cuda.max_memory_allocated() - before, result
 
 
-def test_peak_memory_is_smaller_when_no_gradient_is_needed():
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_peak_memory_is_smaller_when_no_gradient_is_needed(cell):
     T, B, I, H = 200, 32, 64, 128
     torch.manual_seed(19)
-    inputs = make_layer_inputs(T, B, I, H, dtype=torch.float32, device=CUDA)
-    kw = dict(seed=SEED, **ALL_RATES)
-    with_grad, out_grad = peak_memory(lambda: F.lstm_layer(*layer_args(inputs), **kw))
+    c = CELLS[cell]
+    inputs = c.make_inputs(T, B, I, H, dtype=torch.float32, device=CUDA)
+    kw = dict(seed=SEED, **c.all_rates)
+    with_grad, out_grad = peak_memory(lambda: c.fused(inputs, **kw))
     del out_grad
     with torch.no_grad():
-        without, out = peak_memory(lambda: F.lstm_layer(*layer_args(inputs), **kw))
+        without, out = peak_memory(lambda: c.fused(inputs, **kw))
     element = 4
-    # The workspace beyond the projected inputs (which become the gates in place): hs, cs, ctil.
-    workspace = (2 * (T + 1) * B * H + T * B * H) * element
+    # The workspace beyond the projected inputs (which become the gates in place): the LSTM's hs, cs,
+    # ctil; at least the GRU's hs.
+    workspace = (2 * (T + 1) * B * H + T * B * H if cell == "LSTM" else (T + 1) * B * H) * element
     assert with_grad - without >= 0.9 * workspace, (with_grad, without, workspace)
     # Without a workspace: the output, the projected inputs, the dropped-out inputs, and buffers
     # of (B, ·) or (4H, R) size.
     assert without <= T * B * (H + 4 * H + I) * element + (1 << 20), (without, T * B * (5 * H + I) * element)
 
 
-def test_kernels_run_on_the_current_stream():
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_kernels_run_on_the_current_stream(cell):
     torch.manual_seed(20)
-    inputs = make_layer_inputs(30, 16, 32, 64, 0, dtype=torch.float64, device=CUDA)
-    kw = dict(seed=SEED, lengths=random_lengths(30, 16), **ALL_RATES)
+    inputs = CELLS[cell].make_inputs(30, 16, 32, 64, dtype=torch.float64, device=CUDA)
+    kw = dict(seed=SEED, lengths=random_lengths(30, 16), **CELLS[cell].all_rates)
     want = run(inputs, **kw)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -333,24 +367,28 @@ def test_kernels_run_on_the_current_stream():
     assert_all_close(got, want, atol=1e-12, rtol=0)
 
 
-def test_forward_and_backward_do_not_synchronize_with_the_host():
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_forward_and_backward_do_not_synchronize_with_the_host(cell):
     torch.manual_seed(21)
-    inputs = make_layer_inputs(8, 4, 5, 6, device=CUDA)
+    c = CELLS[cell]
+    inputs = c.make_inputs(8, 4, 5, 6, device=CUDA)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = F.lstm_layer(*layer_args(inputs), seed=SEED, lengths=torch.tensor([8, 3, 5, 1]), **ALL_RATES)
+        out = c.fused(inputs, seed=SEED, lengths=torch.tensor([8, 3, 5, 1]), **c.all_rates)
         torch.autograd.grad(sum(t.sum() for t in out), [inputs["input"], inputs["weight_hh"]])
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_arguments_on_different_devices_are_refused_by_name():
+@pytest.mark.parametrize("name", ["h0", "weight_ih", "weight_hh", "bias_hh"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_arguments_on_different_devices_are_refused_by_name(cell, name):
     torch.manual_seed(22)
-    inputs = make_layer_inputs(3, 2, 3, 4, device=CUDA, requires_grad=False)
-    inputs["weight_hh"] = inputs["weight_hh"].cpu()
-    with pytest.raises((ValueError, RuntimeError), match="weight_hh"):
-        F.lstm_layer(*layer_args(inputs), seed=SEED)
+    inputs = CELLS[cell].make_inputs(3, 2, 3, 4, device=CUDA, requires_grad=False)
+    inputs[name] = inputs[name].cpu()
+    with pytest.raises((ValueError, RuntimeError), match=name):
+        CELLS[cell].fused(inputs, seed=SEED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,33 +396,42 @@ def test_arguments_on_different_devices_are_refused_by_name():
 # ---------------------------------------------------------------------------------------------
 
 def module_results(model, x, hx, lengths=None):
+    """Outputs and final states of the module, then the gradients of x, hx and every parameter; hx is
+    (h0, c0) for an LSTM, h0 for a GRU."""
     torch.manual_seed(23)  # the seed of the forward call, drawn from the CPU generator
     x = x.detach().clone().requires_grad_()
-    hx = tuple(h.detach().clone().requires_grad_() for h in hx)
+    states = [h.detach().clone().requires_grad_() for h in hx_tensors(hx)]
+    hx = states[0] if model.mode == "GRU" else tuple(states)
     if lengths is not None:
-        out, (h_n, c_n) = model(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
+        out, final = model(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
         out = pad_packed_sequence(out)[0]
     else:
-        out, (h_n, c_n) = model(x, hx)
+        out, final = model(x, hx)
+    outs = [out] + hx_tensors(final)
     params = [p for _, p in sorted(model.named_parameters())]
-    return [out, h_n, c_n] + list(torch.autograd.grad(weighted_sum([out, h_n, c_n]), [x, *hx, *params]))
+    return outs + list(torch.autograd.grad(weighted_sum(outs), [x, *states, *params]))
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("bidirectional,proj_size", [(False, 0), (True, 0), (True, 3)])
+@pytest.mark.parametrize("mode,bidirectional,proj_size", [("LSTM", False, 0), ("LSTM", True, 0), ("LSTM", True, 3),
+                                                          ("GRU", False, 0), ("GRU", True, 0)])
 @pytest.mark.parametrize("training", [True, False])
-def test_module_on_cuda_equals_module_on_cpu(bidirectional, proj_size, packed, training):
+def test_module_on_cuda_equals_module_on_cpu(mode, bidirectional, proj_size, packed, training):
     torch.manual_seed(24)
-    rates = dict(ALL_RATES, zoneout_h=0.0) if proj_size else ALL_RATES
-    cpu = rnnfused.LSTM(5, 6, num_layers=2, bidirectional=bidirectional, proj_size=proj_size,
-                        dtype=torch.float64, **rates).train(training)
+    config = dict(num_layers=2, bidirectional=bidirectional, dtype=torch.float64)
+    if mode == "LSTM":
+        config.update(proj_size=proj_size, **(dict(ALL_RATES, zoneout_h=0.0) if proj_size else ALL_RATES))
+    else:
+        config.update(module_rates("GRU", GRU_ALL_RATES))
+    cpu = getattr(rnnfused, mode)(5, 6, **config).train(training)
     gpu = copy.deepcopy(cpu).cuda()
     D, R = (2 if bidirectional else 1), (proj_size or 6)
     x = torch.randn(7, 4, 5, dtype=torch.float64)
-    hx = (torch.randn(2 * D, 4, R, dtype=torch.float64), torch.randn(2 * D, 4, 6, dtype=torch.float64))
+    h0 = torch.randn(2 * D, 4, R, dtype=torch.float64)
+    hx = (h0, torch.randn(2 * D, 4, 6, dtype=torch.float64)) if mode == "LSTM" else h0
     lengths = torch.tensor([7, 3, 5, 1]) if packed else None
     want = module_results(cpu, x, hx, lengths)
-    got = module_results(gpu, x.cuda(), tuple(h.cuda() for h in hx), lengths)
+    got = module_results(gpu, x.cuda(), [h.cuda() for h in hx_tensors(hx)], lengths)
     for k, (a, b) in enumerate(zip(got, want)):
         assert a.is_cuda
         torch.testing.assert_close(a.cpu(), b, atol=1e-10, rtol=1e-9, msg=lambda m: f"result {k}: {m}")

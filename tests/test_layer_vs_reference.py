@@ -6,10 +6,9 @@ import zlib
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import ALL_RATES, NO_RATES, REGULARIZERS, assert_close, grads, layer_args, make_layer_inputs, random_lengths, \
-    weighted_sum
+from conftest import ALL_RATES, REGULARIZERS, OpCalls, assert_close, check_forward_and_gradients, grads, \
+    in_every_call_mode, layer_args, make_layer_inputs, random_lengths, weighted_sum
 from rnnfused import functional as F
 from rnnfused import reference
 
@@ -43,22 +42,7 @@ def fused_and_reference(inputs, rates, *, training=True, reverse=False, lengths=
     return fused, expected
 
 
-def check_forward_and_gradients(inputs, fused, expected):
-    names = ["output", "h_n", "c_n"]
-    for name, a, b in zip(names, fused, expected):
-        assert torch.isfinite(a).all(), name
-        assert_close(a, b, what=name)
-    params = list(inputs.values())
-    got = grads(weighted_sum(fused), params)
-    want = grads(weighted_sum(expected), params)
-    for name, a, b in zip(inputs, got, want):
-        if inputs[name] is not None:
-            assert_close(a, b, what=f"grad {name}")
-
-
-@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@in_every_call_mode
 @pytest.mark.parametrize("regularizer", list(REGULARIZERS))
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}B{}I{}H{}P{}".format(*s))
 def test_fused_layer_equals_reference_forward_and_gradients(size, regularizer, training, reverse, with_lengths,
@@ -212,19 +196,6 @@ def test_inference_without_grad_gives_the_same_output():
     for a, b in zip(with_grad, without):
         assert torch.equal(a.detach(), b)
         assert not b.requires_grad
-
-
-class OpCalls(TorchDispatchMode):
-    """Records the arguments of every rnnfused op call."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "rnnfused":
-            self.calls.append((func.__name__, args))
-        return func(*args, **(kwargs or {}))
 
 
 def test_forward_keeps_a_workspace_only_when_a_gradient_is_needed():

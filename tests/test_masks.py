@@ -1,11 +1,13 @@
-"""SPEC §3: where the randomness comes from. The masks `lstm_masks` materializes, and their statistics."""
+"""SPEC §3: where the randomness comes from. The masks `lstm_masks` and `gru_masks` materialize, and their
+statistics. Tests of a promise both cells make run for both (the GRU has every kind but zoneout_c)."""
 
 import math
 
 import pytest
 import torch
 
-from rnnfused.functional import draw_seed, lstm_masks
+from conftest import CELLS
+from rnnfused.functional import draw_seed, gru_masks, lstm_masks
 
 KEEP_KINDS = {"input": "input_dropout", "recurrent": "recurrent_dropout", "weight": "weight_drop",
               "candidate": "candidate_dropout"}
@@ -17,19 +19,39 @@ ALL_ON = dict(input_dropout=0.3, recurrent_dropout=0.4, weight_drop=0.5, candida
               zoneout_c=0.15, zoneout_h=0.25)
 SEED = 0x1234_5678_9ABC
 
-
-def masks(seed=SEED, T=6, B=5, I=7, H=9, **kw):
-    kw = {**ALL_ON, **kw}
-    return lstm_masks(seed, T, B, I, H, **kw)
+KINDS_OF = {"LSTM": tuple(RATE_OF_KIND), "GRU": tuple(k for k in RATE_OF_KIND if k != "zoneout_c")}
 
 
-@pytest.mark.parametrize("P", [0, 4])
-def test_masks_have_the_documented_shapes_and_are_binary(P):
+def cells_with(kinds):
+    """(cell, kind) for every cell that has the kind, for parametrizing."""
+    return [(cell, kind) for cell in CELLS for kind in kinds if kind in KINDS_OF[cell]]
+
+
+def all_on(cell):
+    """The rates of ALL_ON that `cell` has."""
+    return {RATE_OF_KIND[k]: ALL_ON[RATE_OF_KIND[k]] for k in KINDS_OF[cell]}
+
+
+def masks(seed=SEED, T=6, B=5, I=7, H=9, cell="LSTM", **kw):
+    """The masks of `cell` with every rate of ALL_ON it has, updated by kw."""
+    kw = {**all_on(cell), **kw}
+    return CELLS[cell].masks(seed, T, B, I, H, **kw)
+
+
+def masks_at(cell, kind, p, *shape):
+    """The `kind` mask of `cell` at rate p (every other rate 0)."""
+    return CELLS[cell].masks(SEED, *shape, **{RATE_OF_KIND[kind]: p})[kind]
+
+
+@pytest.mark.parametrize("cell,P", [("LSTM", 0), ("LSTM", 4), ("GRU", 0)])
+def test_masks_have_the_documented_shapes_and_are_binary(cell, P):
     T, B, I, H = 6, 5, 7, 9
     R = P if P > 0 else H
-    m = masks(T=T, B=B, I=I, H=H, proj_size=P)
-    want = dict(input=(B, I), recurrent=(B, R), weight=(4 * H, R), candidate=(T, B, H), zoneout_c=(T, B, H),
+    m = masks(T=T, B=B, I=I, H=H, cell=cell, **(dict(proj_size=P) if P else {}))
+    gates = 4 if cell == "LSTM" else 3
+    want = dict(input=(B, I), recurrent=(B, R), weight=(gates * H, R), candidate=(T, B, H), zoneout_c=(T, B, H),
                 zoneout_h=(T, B, R))
+    want = {kind: shape for kind, shape in want.items() if kind in KINDS_OF[cell]}
     assert set(m) == set(want)
     for kind, shape in want.items():
         assert tuple(m[kind].shape) == shape, kind
@@ -37,32 +59,56 @@ def test_masks_have_the_documented_shapes_and_are_binary(P):
         assert torch.all((m[kind] == 0) | (m[kind] == 1)), kind
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_masks_take_the_requested_dtype(dtype):
-    m = masks(dtype=dtype)
+def test_masks_take_the_requested_dtype(dtype, cell):
+    m = masks(dtype=dtype, cell=cell)
     assert all(v.dtype == dtype for v in m.values())
 
 
-def test_a_zero_rate_gives_the_trivial_mask():
-    m = lstm_masks(SEED, 6, 5, 7, 9)
-    for kind in KEEP_KINDS:
-        assert torch.all(m[kind] == 1), kind
-    for kind in ZONEOUT_KINDS:
-        assert torch.all(m[kind] == 0), kind
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_zero_rate_gives_the_trivial_mask(cell):
+    m = CELLS[cell].masks(SEED, 6, 5, 7, 9)
+    assert set(m) == set(KINDS_OF[cell])
+    for kind in m:
+        assert torch.all(m[kind] == (1 if kind in KEEP_KINDS else 0)), kind
 
 
-def test_masks_are_a_pure_function_of_the_seed():
-    a, b = masks(), masks()
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_masks_are_a_pure_function_of_the_seed(cell):
+    a, b = masks(cell=cell), masks(cell=cell)
     for kind in a:
         assert torch.equal(a[kind], b[kind]), kind
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_manual_seed_reproduces_the_masks_of_a_drawn_seed(cell):
+    runs = []
+    for s in (3, 3, 4):
+        torch.manual_seed(s)
+        runs.append(masks(seed=draw_seed(), cell=cell, T=8, B=8, I=16, H=16))
+    for kind in runs[0]:
+        assert torch.equal(runs[0][kind], runs[1][kind]), kind
+        assert not torch.equal(runs[0][kind], runs[2][kind]), kind
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("change", ["seed", "layer", "reverse"])
-def test_masks_differ_across_seeds_layers_and_directions(change):
+def test_masks_differ_across_seeds_layers_and_directions(change, cell):
     other = dict(seed=SEED + 1) if change == "seed" else {change: 1 if change == "layer" else True}
-    a, b = masks(T=8, B=8, I=16, H=16), masks(T=8, B=8, I=16, H=16, **other)
+    a, b = masks(T=8, B=8, I=16, H=16, cell=cell), masks(T=8, B=8, I=16, H=16, cell=cell, **other)
     for kind in a:
         assert not torch.equal(a[kind], b[kind]), kind
+
+
+def test_the_gru_draws_the_lstm_s_streams():
+    # One generator, one stream per kind: the GRU's per-sequence and per-step masks are the LSTM's of
+    # the same (seed, layer, direction).
+    kw = dict(layer=2, reverse=True, **all_on("GRU"))
+    gru, lstm = gru_masks(SEED, 4, 3, 5, 6, **kw), lstm_masks(SEED, 4, 3, 5, 6, **kw)
+    for kind in PER_SEQUENCE + PER_STEP:
+        if kind in gru:
+            assert torch.equal(gru[kind], lstm[kind]), kind
 
 
 def test_mask_kinds_are_independent_streams():
@@ -71,11 +117,15 @@ def test_mask_kinds_are_independent_streams():
     assert not torch.equal(m["zoneout_c"], m["zoneout_h"])
 
 
-def test_mask_bits_depend_on_position_not_on_the_call_shape():
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_mask_bits_depend_on_position_not_on_the_call_shape(cell):
     # A pure function of (seed, layer, direction, kind, t, b, j): a bigger call contains the smaller one.
-    small = masks(T=4, B=3, I=5, H=6, layer=2, reverse=True)
-    big = masks(T=9, B=7, I=11, H=13, layer=2, reverse=True)
+    # Per-sequence kinds (input, recurrent) have no t: one mask serves every step of a sequence of any length.
+    small = masks(T=4, B=3, I=5, H=6, layer=2, reverse=True, cell=cell)
+    big = masks(T=9, B=7, I=11, H=13, layer=2, reverse=True, cell=cell)
     for kind in PER_SEQUENCE + PER_STEP:  # the weight mask is indexed by W_hh's rows, not (t, b, j)
+        if kind not in small:
+            continue
         m = small[kind]
         index = tuple(slice(0, n) for n in m.shape)
         assert torch.equal(big[kind][index], m), kind
@@ -86,18 +136,18 @@ def _tolerance(p, n, sigmas=6.0):
 
 
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
-@pytest.mark.parametrize("kind", list(KEEP_KINDS) + list(ZONEOUT_KINDS))
-def test_mask_mean_is_the_keep_probability_or_the_zoneout_rate(kind, p):
-    m = lstm_masks(SEED, 32, 64, 128, 128, **{RATE_OF_KIND[kind]: p})[kind]
+@pytest.mark.parametrize("cell,kind", cells_with(RATE_OF_KIND))
+def test_mask_mean_is_the_keep_probability_or_the_zoneout_rate(cell, kind, p):
+    m = masks_at(cell, kind, p, 32, 64, 128, 128)
     expected = 1 - p if kind in KEEP_KINDS else p
     assert abs(m.mean().item() - expected) < _tolerance(expected, m.numel())
 
 
-@pytest.mark.parametrize("kind", PER_STEP)
-def test_per_step_masks_are_new_at_each_step(kind):
+@pytest.mark.parametrize("cell,kind", cells_with(PER_STEP))
+def test_per_step_masks_are_new_at_each_step(cell, kind):
     # Independent across t: two steps agree on a fraction p^2 + (1-p)^2 of the units, not more.
     p = 0.5
-    m = lstm_masks(SEED, 16, 32, 8, 64, **{RATE_OF_KIND[kind]: p})[kind]
+    m = masks_at(cell, kind, p, 16, 32, 8, 64)
     for t in range(m.shape[0] - 1):
         assert not torch.equal(m[t], m[t + 1]), t
     agree = (m[1:] == m[:-1]).double().mean().item()
@@ -105,10 +155,10 @@ def test_per_step_masks_are_new_at_each_step(kind):
     assert abs(agree - expected) < _tolerance(expected, m[1:].numel())
 
 
-@pytest.mark.parametrize("kind", PER_SEQUENCE + PER_STEP)
-def test_masks_are_independent_across_samples_and_units(kind):
+@pytest.mark.parametrize("cell,kind", cells_with(PER_SEQUENCE + PER_STEP + ("weight",)))
+def test_masks_are_independent_across_samples_and_units(cell, kind):
     p = 0.5
-    m = lstm_masks(SEED, 4, 64, 64, 64, **{RATE_OF_KIND[kind]: p})[kind]
+    m = masks_at(cell, kind, p, 4, 64, 64, 64)
     rows = m.reshape(-1, m.shape[-2], m.shape[-1]) if m.dim() == 3 else m.unsqueeze(0)
     expected = p * p + (1 - p) * (1 - p)
     across_b = (rows[:, 1:] == rows[:, :-1]).double().mean().item()
