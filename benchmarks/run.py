@@ -89,7 +89,9 @@ def main(argv=None) -> str:
         if dropped:
             notes.append(f"--quick: dropped configs {dropped}")
 
+    subject = variants.require_subject(args.variants)
     run = _timing.provenance(device, "kernels")
+    run["rnnfused"] = subject
     run.update({
         "dtype": args.dtype, "quick": args.quick, "settings": s, "notes": notes,
         "variants": {name: desc for name, (_, _, desc) in variants.VARIANTS.items() if name in args.variants},

@@ -20,6 +20,7 @@ import torch
 import _harness
 import _timing
 import report
+import variants
 
 VARIANTS = ["nn.LSTM", "rnnfused", "rnnfused-reg", "cell-loop-reg"]
 PLANS = {  # base (T, B, I, H) and the values each sweep takes
@@ -57,7 +58,9 @@ def main(argv=None) -> str:
         torch.set_num_threads(args.threads)
     plan = PLANS[(device.type, "quick" if args.quick else "full")]
 
+    subject = variants.require_subject(VARIANTS)
     data = _timing.provenance(device, "scaling")
+    data["rnnfused"] = subject
     data.update({"dtype": args.dtype, "quick": args.quick, "base": plan["base"], "sweeps": plan["sweeps"],
                  "settings": {k: plan[k] for k in ("warmup", "repeats", "budget_s")},
                  "metric": "fwd+bwd ms per time step (median fwd+bwd time / T), training mode",

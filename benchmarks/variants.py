@@ -14,8 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# The repository root, so that an in-place build of rnnfused (`make build`) is the one imported.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # SPEC §7: zoneout 0.1 on c and h, input and recurrent dropout 0.25, weight drop 0.5.
 REG = dict(zoneout=0.1, input_dropout=0.25, recurrent_dropout=0.25, weight_drop=0.5)
@@ -86,13 +85,33 @@ def reference_lstm(T, B, I, H, *, dtype, device, seed=0) -> nn.LSTM:
     return nn.LSTM(I, H, device=device, dtype=dtype)
 
 
-def _rnnfused():
+SUBJECTS = ("rnnfused", "rnnfused-reg")   # the variants that measure rnnfused itself
+
+
+def import_rnnfused():
+    """The rnnfused under test: the importable one (installed, or on PYTHONPATH), else this checkout's,
+    built in place (`make build`). An unbuilt checkout raises an ImportError that says what to run."""
     try:
         import rnnfused
-        rnnfused.LSTM
-    except Exception as e:  # not built yet, or the module not written yet
-        raise Unavailable(f"import rnnfused failed: {type(e).__name__}: {e}") from None
+    except ModuleNotFoundError as e:
+        if e.name != "rnnfused":
+            raise
+        sys.path.insert(0, REPO)
+        import rnnfused
     return rnnfused
+
+
+def require_subject(names) -> str | None:
+    """Exits with the reason when `names` holds an rnnfused variant and rnnfused cannot be imported: a
+    results file without the library it is about is worse than none. Returns 'version at path'."""
+    if not any(n in SUBJECTS for n in names):
+        return None
+    try:
+        rnnfused = import_rnnfused()
+    except ImportError as e:
+        sys.exit(f"benchmarks: cannot import rnnfused, whose variants ({', '.join(n for n in names if n in SUBJECTS)}) "
+                 f"were asked for; nothing was measured or written.\n{e}")
+    return f"{rnnfused.__version__} at {os.path.dirname(rnnfused.__file__)}"
 
 
 def build_nn_lstm(ref: nn.LSTM, **_) -> nn.Module:
@@ -100,7 +119,7 @@ def build_nn_lstm(ref: nn.LSTM, **_) -> nn.Module:
 
 
 def build_rnnfused(ref: nn.LSTM, *, regularized=False, **_) -> nn.Module:
-    rnnfused = _rnnfused()
+    rnnfused = import_rnnfused()
     w = ref.weight_ih_l0
     m = rnnfused.LSTM(ref.input_size, ref.hidden_size, device=w.device, dtype=w.dtype,
                       **(REG if regularized else {}))

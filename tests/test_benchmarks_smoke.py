@@ -7,6 +7,7 @@ The scripts run in this process (their main(argv)), which saves a second torch i
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,3 +61,29 @@ def test_run_writes_results_json_table_and_plot(tmp_path, bench):
     text = readme.read_text()
     assert text.startswith("# title\n<!-- perf:begin -->\n") and text.endswith("<!-- perf:end -->\ntail\n")
     assert "old text" not in text and "| nn.LSTM |" in text and f"{stem}.png" in text
+
+
+def test_run_without_an_importable_rnnfused_stops_and_writes_nothing(tmp_path):
+    # An unbuilt copy of the package first on the path, as a fresh checkout would be.
+    import shutil
+    import subprocess
+
+    import rnnfused
+
+    unbuilt = tmp_path / "src" / "rnnfused"
+    shutil.copytree(Path(rnnfused.__file__).parent, unbuilt,
+                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__", "data"))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--device", "cpu", "--configs", "4,2,8,8",
+                           "--repeats", "1", "--warmup", "0", "--no-compile", "--out", str(out)],
+                          env=dict(os.environ, PYTHONPATH=str(unbuilt.parent)), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "cannot import rnnfused" in proc.stderr and "make build" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
+
+
+def test_only_the_rnnfused_variants_need_rnnfused(bench):
+    run, _ = bench
+    assert run.variants.require_subject(["nn.LSTM", "cell-loop-reg"]) is None
+    assert run.variants.require_subject(["nn.LSTM", "rnnfused-reg"]).startswith(run.variants.import_rnnfused().__version__)

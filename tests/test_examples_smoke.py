@@ -15,18 +15,27 @@ from pathlib import Path
 import pytest
 import torch
 
+import rnnfused
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 LM = EXAMPLES / "word_language_model"
 
 
-def run_example(script: Path, *args: str, cwd: Path, timeout: float = 240) -> dict:
+def example_env() -> dict:
+    """The environment of an example's process: it imports the rnnfused these tests import (this checkout's,
+    built in place, goes on PYTHONPATH; an installed one is found as it is)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if Path(rnnfused.__file__).resolve().parents[1] == ROOT:
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")        # tiny models: threads only add overhead
     env["MPLBACKEND"] = "Agg"
-    proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return env
+
+
+def run_example(script: Path, *args: str, cwd: Path, timeout: float = 240) -> dict:
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=example_env(),
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(results) == 1, f"expected one RESULT line, got:\n{proc.stdout}"
@@ -69,10 +78,9 @@ def test_word_language_model_smoke_resume_and_generate(tmp_path):
     assert "resumed from" in resumed["stdout"] and resumed["epochs"] == "3"
 
     for lstm in ("rnnfused", "torch"):      # rnnfused-trained weights load into torch.nn.LSTM too
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
         proc = subprocess.run([sys.executable, str(LM / "generate.py"), "--checkpoint", str(out / "model.pt"),
                                "--words", "12", "--temperature", "0.8", "--lstm", lstm],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                              cwd=tmp_path, env=example_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert len(proc.stdout.split()) >= 6
 
