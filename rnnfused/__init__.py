@@ -10,6 +10,7 @@ replacement for torch.nn.LSTM.
 """
 from . import _ops, functional, reference, regularization
 from ._ops import has_cuda_kernels
+from .convert import convert
 from .functional import draw_seed, lstm_layer, lstm_masks
 from .modules import LSTM
 from .regularization import (EarlyStopping, EmbeddingDropout, LockedDropout, ar_loss,
@@ -19,4 +20,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LSTM", "functional", "reference", "regularization", "lstm_layer", "lstm_masks",
            "draw_seed", "has_cuda_kernels", "LockedDropout", "EmbeddingDropout",
-           "embedding_dropout", "EarlyStopping", "ar_loss", "tar_loss", "__version__"]
+           "embedding_dropout", "EarlyStopping", "ar_loss", "tar_loss", "convert", "__version__"]
