@@ -8,6 +8,7 @@ copy that ships inside the package loads with the published token counts.
 import importlib.util
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,8 @@ def example_env() -> dict:
     return env
 
 
-def run_example(script: Path, *args: str, cwd: Path, timeout: float = 240) -> dict:
-    proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=example_env(),
+def run_example(script: Path, *args: str, cwd: Path, timeout: float = 240, launcher=()) -> dict:
+    proc = subprocess.run([*(launcher or [sys.executable]), str(script), *args], cwd=cwd, env=example_env(),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -106,3 +107,27 @@ def test_forecasting_smoke(tmp_path):
     for key in ("lstm_mae", "persistence_mae", "seasonal_mae", "lstm_rmse"):
         assert math.isfinite(float(result[key])), key
     assert (tmp_path / "forecast.png").exists()
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_word_language_model_runs_under_torchrun_with_two_processes(tmp_path, monkeypatch):
+    # Everything stays on the loopback interface: the rendezvous and gloo's connections.
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    out = tmp_path / "lm"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(free_loopback_port()),
+                "--local-addr", "127.0.0.1", "--max-restarts", "0"]
+    result = run_example(LM / "main.py", "--smoke", "--out-dir", str(out), "--no-progress", "--epochs", "1",
+                         cwd=tmp_path, launcher=torchrun)
+    assert result["processes"] == "2" and result["epochs"] == "1"
+    assert "data parallel: 2 processes (gloo), 2 of the 4 batch columns each" in result["stdout"]
+    assert math.isfinite(float(result["test_ppl"]))
+    assert (out / "checkpoint.pt").exists() and (out / "model.pt").exists()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    states = ckpt["torch_rng_per_rank"]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])   # each process its own masks
