@@ -33,7 +33,7 @@ endif
 venv:
 ifneq ($(IN_ENV),1)
 	@[ -x "$(PY)" ] && "$(PY)" -c "" 2>/dev/null || { \
-		echo "== creating the project's virtual environment $(VENV) with $(PYTHON) (not inside one)"; \
+		echo "== creating the project's virtual environment $(VENV) with $(PYTHON) (not inside one)" >&2; \
 		rm -rf "$(VENV)"; \
 		$(PYTHON) -m venv "$(VENV)" || { echo "could not create $(VENV): $(PYTHON) -m venv failed" \
 			"(on Debian/Ubuntu: apt install python3-venv), or run from inside an environment of" \
@@ -85,9 +85,9 @@ test-wheel: wheel
 		print('testing rnnfused', rnnfused.__version__, 'installed at', rnnfused.__file__)" && \
 		$(abspath $(WHEEL_VENV))/bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests
 
-# The interpreter the recipes use (for scripts such as .ci/run).
-print-python:
-	@echo $(PY)
+# The interpreter the recipes use, as an absolute path (for scripts such as .ci/run).
+print-python: venv
+	@$(PY) -c "import sys; print(sys.executable)"
 
 # Runs the demo with both LSTMs and the two other examples, keeping each run's RESULT line with its
 # provenance in examples/results/, then regenerates the README's results section from those files.
