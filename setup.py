@@ -1,10 +1,11 @@
 """Builds rnnfused._C: the CPU sources always, the CUDA sources when torch is a CUDA build and a
-CUDA toolkit is found (CUDA_HOME). Install with `pip install --no-build-isolation .` against an
-installed torch (build isolation would pull a multi-GB CUDA torch into the build environment)."""
+CUDA toolkit is found (CUDA_HOME). The package's metadata is in pyproject.toml; its version is
+rnnfused.__version__. Install with `pip install --no-build-isolation .` against an installed torch
+(build isolation would pull a multi-GB CUDA torch into the build environment)."""
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 
 def _compiler_accepts(flag):
@@ -76,13 +77,20 @@ def build_ext_class():
     return BuildExtension.with_options(use_ninja=use_ninja)
 
 
+def torch_requirement():
+    """The torch a build needs at run time: the minor version it was compiled against, since a
+    compiled extension is tied to torch's C++ ABI (2.13.x for a build against 2.13.0+cpu)."""
+    import re
+
+    import torch
+
+    major, minor = (int(v) for v in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
+# Name, version, description, packages and package data: pyproject.toml.
 setup(
-    name="rnnfused",
-    version="0.1.0",
-    description="Fused regularized LSTM kernels (zoneout, variational dropout, weight drop) for PyTorch",
-    packages=find_packages(include=["rnnfused", "rnnfused.*"]),
-    package_data={"rnnfused": ["data/**/*"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": build_ext_class()},
-    python_requires=">=3.9",
+    install_requires=[torch_requirement()],
 )

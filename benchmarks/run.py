@@ -94,7 +94,9 @@ def main(argv=None) -> str:
         if dropped:
             notes.append(f"--quick: dropped configs {dropped}")
 
+    subject = variants.require_subject(args.variants or variants.ALL_NAMES)
     run = _timing.provenance(device, "kernels")
+    run["rnnfused"] = subject
     run.update({
         "dtype": args.dtype, "quick": args.quick, "settings": s, "notes": notes, "cells": cells,
         "variants": {c: {name: desc for name, (_, _, desc) in variants.variants(variants.CELLS[c]).items()

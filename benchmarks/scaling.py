@@ -60,7 +60,9 @@ def main(argv=None) -> str:
     plan = PLANS[(device.type, "quick" if args.quick else "full")]
     cells = _harness.cells_of(args.cell)
 
+    subject = variants.require_subject(VARIANTS)
     data = _timing.provenance(device, "scaling")
+    data["rnnfused"] = subject
     data.update({"dtype": args.dtype, "quick": args.quick, "cells": cells, "base": plan["base"],
                  "sweeps": plan["sweeps"], "settings": {k: plan[k] for k in ("warmup", "repeats", "budget_s")},
                  "metric": "fwd+bwd ms per time step (median fwd+bwd time / T), training mode",

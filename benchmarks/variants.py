@@ -17,8 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# The repository root, so that an in-place build of rnnfused (`make build`) is the one imported.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # SPEC §7: zoneout 0.1 (on c and h for the LSTM, on h for the GRU, which has no c), input and
 # recurrent dropout 0.25, weight drop 0.5.
@@ -123,12 +122,40 @@ def reference(cell: Cell, T, B, I, H, *, dtype, device, seed=0) -> nn.Module:
     return getattr(nn, cell.name)(I, H, device=device, dtype=dtype)
 
 
-def _rnnfused(cell: Cell):
+SUBJECTS = ("rnnfused", "rnnfused-reg")   # the variants that measure rnnfused itself
+
+
+def import_rnnfused():
+    """The rnnfused under test: the importable one (installed, or on PYTHONPATH), else this checkout's,
+    built in place (`make build`). An unbuilt checkout raises an ImportError that says what to run."""
     try:
         import rnnfused
-        return getattr(rnnfused, cell.name)
-    except Exception as e:  # not built yet, or the module not written yet
-        raise Unavailable(f"rnnfused.{cell.name} not available: {type(e).__name__}: {e}") from None
+    except ModuleNotFoundError as e:
+        if e.name != "rnnfused":
+            raise
+        sys.path.insert(0, REPO)
+        import rnnfused
+    return rnnfused
+
+
+def require_subject(names) -> str | None:
+    """Exits with the reason when `names` holds an rnnfused variant and rnnfused cannot be imported: a
+    results file without the library it is about is worse than none. Returns 'version at path'."""
+    if not any(n in SUBJECTS for n in names):
+        return None
+    try:
+        rnnfused = import_rnnfused()
+    except ImportError as e:
+        sys.exit(f"benchmarks: cannot import rnnfused, whose variants ({', '.join(n for n in names if n in SUBJECTS)}) "
+                 f"were asked for; nothing was measured or written.\n{e}")
+    return f"{rnnfused.__version__} at {os.path.dirname(rnnfused.__file__)}"
+
+
+def _rnnfused(cell: Cell):
+    module = getattr(import_rnnfused(), cell.name, None)
+    if module is None:  # a build of rnnfused that predates this cell
+        raise Unavailable(f"rnnfused.{cell.name} does not exist in this rnnfused")
+    return module
 
 
 def build_baseline(ref: nn.Module, cell: Cell, **_) -> nn.Module:

@@ -11,6 +11,7 @@ replacement for torch.nn.LSTM.
 """
 from . import _ops, functional, reference, regularization
 from ._ops import has_cuda_kernels
+from .convert import convert
 from .functional import draw_seed, gru_layer, gru_masks, lstm_layer, lstm_masks
 from .modules import GRU, LSTM
 from .regularization import (EarlyStopping, EmbeddingDropout, LockedDropout, ar_loss,
@@ -20,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LSTM", "GRU", "functional", "reference", "regularization", "lstm_layer", "lstm_masks",
            "gru_layer", "gru_masks", "draw_seed", "has_cuda_kernels", "LockedDropout", "EmbeddingDropout",
-           "embedding_dropout", "EarlyStopping", "ar_loss", "tar_loss", "__version__"]
+           "embedding_dropout", "EarlyStopping", "ar_loss", "tar_loss", "convert", "__version__"]

@@ -7,7 +7,17 @@ adds what torch.compile and autograd need, following pytorch/extension-cpp:
 """
 import torch
 
-from . import _C  # noqa: F401  (loading the library registers the ops)
+try:
+    from . import _C  # noqa: F401  (loading the library registers the ops)
+except ImportError as e:  # instead of Python's "partially initialized module (circular import)"
+    import glob, os
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _built = glob.glob(os.path.join(_here, "_C*.so"))
+    _why = (f"{_built[0]} does not load ({e}); was it built against another torch than this "
+            f"{torch.__version__}?" if _built else f"rnnfused._C is not built in {_here}.")
+    raise ImportError(f"rnnfused: {_why} Build it in place with `make build` (or `python setup.py "
+                      "build_ext --inplace`), or install rnnfused with `pip install "
+                      "--no-build-isolation .`") from e
 
 lstm_forward = torch.ops.rnnfused.lstm_forward
 lstm_backward = torch.ops.rnnfused.lstm_backward

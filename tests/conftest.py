@@ -30,6 +30,12 @@ RTOL = 1e-9
 
 
 
+def pytest_report_header(config):
+    import rnnfused
+
+    return f"rnnfused {rnnfused.__version__} from {rnnfused.__file__}"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: compiles with inductor (tens of seconds); deselect with -m 'not slow'")
 

@@ -9,6 +9,7 @@ The scripts run in this process (their main(argv)), which saves a second torch i
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -108,3 +109,29 @@ def test_cell_loop_without_regularization_is_the_torch_module(bench, cell):
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
     reg.eval()
     torch.testing.assert_close(reg(x)[0], reg(x)[0])
+
+
+def test_run_without_an_importable_rnnfused_stops_and_writes_nothing(tmp_path):
+    # An unbuilt copy of the package first on the path, as a fresh checkout would be.
+    import shutil
+    import subprocess
+
+    import rnnfused
+
+    unbuilt = tmp_path / "src" / "rnnfused"
+    shutil.copytree(Path(rnnfused.__file__).parent, unbuilt,
+                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__", "data"))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--device", "cpu", "--configs", "4,2,8,8",
+                           "--repeats", "1", "--warmup", "0", "--no-compile", "--out", str(out)],
+                          env=dict(os.environ, PYTHONPATH=str(unbuilt.parent)), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "cannot import rnnfused" in proc.stderr and "make build" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
+
+
+def test_only_the_rnnfused_variants_need_rnnfused(bench):
+    run, _, _ = bench
+    assert run.variants.require_subject(["nn.LSTM", "cell-loop-reg"]) is None
+    assert run.variants.require_subject(["nn.LSTM", "rnnfused-reg"]).startswith(run.variants.import_rnnfused().__version__)

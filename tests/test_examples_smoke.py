@@ -10,6 +10,7 @@ copy that ships inside the package loads with the published token counts.
 import importlib.util
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +18,27 @@ from pathlib import Path
 import pytest
 import torch
 
+import rnnfused
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 LM = EXAMPLES / "word_language_model"
 
 
-def run_example(script: Path, *args: str, cwd: Path, timeout: float = 240) -> dict:
+def example_env() -> dict:
+    """The environment of an example's process: it imports the rnnfused these tests import (this checkout's,
+    built in place, goes on PYTHONPATH; an installed one is found as it is)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if Path(rnnfused.__file__).resolve().parents[1] == ROOT:
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")        # tiny models: threads only add overhead
     env["MPLBACKEND"] = "Agg"
-    proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return env
+
+
+def run_example(script: Path, *args: str, cwd: Path, timeout: float = 240, launcher=()) -> dict:
+    proc = subprocess.run([*(launcher or [sys.executable]), str(script), *args], cwd=cwd, env=example_env(),
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(results) == 1, f"expected one RESULT line, got:\n{proc.stdout}"
@@ -71,10 +81,9 @@ def test_word_language_model_smoke_resume_and_generate(tmp_path):
     assert "resumed from" in resumed["stdout"] and resumed["epochs"] == "3"
 
     for lstm in ("rnnfused", "torch"):      # rnnfused-trained weights load into torch.nn.LSTM too
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
         proc = subprocess.run([sys.executable, str(LM / "generate.py"), "--checkpoint", str(out / "model.pt"),
                                "--words", "12", "--temperature", "0.8", "--lstm", lstm],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                              cwd=tmp_path, env=example_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert len(proc.stdout.split()) >= 6
 
@@ -109,3 +118,27 @@ def test_small_example_smoke(tmp_path, example, plot, ranges, args):
     for key, (low, high) in ranges.items():
         assert low <= float(result[key]) <= high and math.isfinite(float(result[key])), (key, result[key])
     assert (tmp_path / plot).exists()
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_word_language_model_runs_under_torchrun_with_two_processes(tmp_path, monkeypatch):
+    # Everything stays on the loopback interface: the rendezvous and gloo's connections.
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    out = tmp_path / "lm"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(free_loopback_port()),
+                "--local-addr", "127.0.0.1", "--max-restarts", "0"]
+    result = run_example(LM / "main.py", "--smoke", "--out-dir", str(out), "--no-progress", "--epochs", "1",
+                         cwd=tmp_path, launcher=torchrun)
+    assert result["processes"] == "2" and result["epochs"] == "1"
+    assert "data parallel: 2 processes (gloo), 2 of the 4 batch columns each" in result["stdout"]
+    assert math.isfinite(float(result["test_ppl"]))
+    assert (out / "checkpoint.pt").exists() and (out / "model.pt").exists()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    states = ckpt["torch_rng_per_rank"]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])   # each process its own masks

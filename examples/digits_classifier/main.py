@@ -31,11 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-try:
-    import rnnfused
-except ImportError:        # running from a source checkout that is not installed
-    sys.path.insert(0, str(HERE.parents[1]))
-    import rnnfused
+try:  # the importable rnnfused (installed, or on PYTHONPATH), else this checkout's, built in place
+    try:
+        import rnnfused  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "rnnfused":
+            raise
+        sys.path.insert(0, str(HERE.parents[1]))
+        import rnnfused  # noqa: F401
+except ImportError as e:
+    sys.exit(f"{Path(__file__).name}: cannot import rnnfused: {e}")
 
 from rnnfused.regularization import EarlyStopping  # noqa: E402
 

@@ -10,6 +10,12 @@ weight tying, gradient clipping, variable-length BPTT, early stopping on validat
     python3 examples/word_language_model/main.py --preset awd --device cuda      # 3-layer AWD-LSTM size
     python3 examples/word_language_model/main.py --smoke                      # seconds, for CI
     python3 examples/word_language_model/main.py --preset cpu-demo --resume   # continue runs/<name>/
+    torchrun --nproc_per_node=2 examples/word_language_model/main.py --preset cpu-demo   # data parallel
+
+Under ``torchrun`` (its RANK / WORLD_SIZE / LOCAL_RANK variables) each process joins the process group
+(gloo on the CPU, nccl on GPUs, one GPU per process), the model is wrapped in DistributedDataParallel and
+each process trains on its share of the batch's columns (``--batch-size`` is the global batch); the
+ranks seed their masks differently (``--seed`` + rank) and only rank 0 prints and writes files.
 
 Any flag given on the command line overrides the preset. Writes ``runs/<name>/`` (``--out-dir``):
 ``checkpoint.pt`` (after every epoch, for ``--resume``), ``model.pt`` (best weights, for generate.py),
@@ -28,12 +34,19 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
-try:
-    import rnnfused  # noqa: F401
-except ImportError:        # running from a source checkout that is not installed
-    sys.path.insert(0, str(HERE.parents[1]))
+try:  # the importable rnnfused (installed, or on PYTHONPATH), else this checkout's, built in place
+    try:
+        import rnnfused  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "rnnfused":
+            raise
+        sys.path.insert(0, str(HERE.parents[1]))
+        import rnnfused  # noqa: F401
+except ImportError as e:
+    sys.exit(f"{Path(__file__).name}: cannot import rnnfused: {e}")
 
 from rnnfused.regularization import EarlyStopping, ar_loss, tar_loss  # noqa: E402
 
@@ -186,8 +199,64 @@ def describe(args, corpus, train_rows: int) -> str:
     return "\n".join(lines)
 
 
+def init_distributed(args) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (RANK and WORLD_SIZE set) this process joins the process
+    group first: nccl with one GPU per process (LOCAL_RANK) on CUDA, gloo on the CPU."""
+    device = torch.device(args.device)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over the processes (the values themselves in a single process)."""
+    if not distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def gather_from_ranks(obj) -> list:
+    """[rank 0's obj, rank 1's, ...] on every process ([obj] in a single process)."""
+    if not distributed():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def shard_columns(data: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This process's share of a batchified (T, B) stream: a contiguous block of its B columns."""
+    return torch.tensor_split(data, world, dim=1)[rank].contiguous()
+
+
+class LossStep(nn.Module):
+    """What DistributedDataParallel wraps: the model through the loss, so that every parameter a step uses
+    (the decoder's too) is used inside forward, where DDP's gradient hooks expect it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, data, hidden, targets):
+        output, hidden, raw_output = self.model(data, hidden)
+        return self.model.decoder.nll(output, targets), output, hidden, raw_output
+
+
 def evaluate(model, source: torch.Tensor, args) -> float:
-    """Mean cross-entropy per token over a batchified stream (eval mode: no dropout, zoneout expectation)."""
+    """Mean cross-entropy per token over a batchified stream (eval mode: no dropout, zoneout expectation).
+    Under torchrun, ``source`` is this process's columns and the mean is over all processes' tokens."""
     model.eval()
     total, count = 0.0, 0
     hidden = model.init_hidden(source.size(1))
@@ -197,6 +266,7 @@ def evaluate(model, source: torch.Tensor, args) -> float:
             output, hidden, _ = model(data, hidden)
             total += model.decoder.nll(output, targets, reduction="sum").item()
             count += targets.numel()
+    total, count = sum_over_ranks([total, count], source.device)
     return total / max(count, 1)
 
 
@@ -214,15 +284,18 @@ def scheduled_lr(args, base_lr: float, progress: float) -> float:
     return base_lr
 
 
-def train_epoch(model, optimizer, train_data, epoch, args, rng, show_progress: bool):
+def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progress: bool):
+    """One epoch; ``step`` is ``LossStep(model)``, wrapped in DistributedDataParallel under torchrun.
+    Returns this process's mean loss and token count."""
     model.train()
     start, end = epoch_window(train_data.size(0), args.train_fraction, epoch)
-    hidden = model.init_hidden(args.batch_size)
+    batch_size = train_data.size(1)
+    hidden = model.init_hidden(batch_size)
     base_lr = optimizer.param_groups[0]["lr"]
     total_loss, total_tokens, batches, lr = 0.0, 0, 0, base_lr
-    total = (end - start - 1) * args.batch_size
+    total = (end - start - 1) * batch_size
     if args.max_batches:
-        total = min(total, args.max_batches * (args.bptt + 20) * args.batch_size)
+        total = min(total, args.max_batches * (args.bptt + 20) * batch_size)
     bar = ProgressBar(total=total, desc=f"epoch {epoch}", enabled=show_progress)
     for i, seq_len in bptt_schedule(start, end, args.bptt, args.variable_bptt, rng):
         if args.max_batches and batches >= args.max_batches:
@@ -232,8 +305,7 @@ def train_epoch(model, optimizer, train_data, epoch, args, rng, show_progress: b
         # AWD-LSTM: scale the step to the window's length, so short windows don't count as much per token.
         optimizer.param_groups[0]["lr"] = lr * seq_len / args.bptt
         hidden = repackage_hidden(hidden)
-        output, hidden, raw_output = model(data, hidden)
-        loss = model.decoder.nll(output, targets)
+        loss, output, hidden, raw_output = step(data, hidden, targets)
         full_loss = loss + ar_loss(output, args.alpha) + tar_loss(raw_output, args.beta)
         optimizer.zero_grad(set_to_none=True)
         full_loss.backward()
@@ -289,22 +361,32 @@ def make_optimizer(model, args):
 def main(argv=None) -> dict:
     wall_start = time.time()
     args = parse_args(argv)
+    rank, world, device = init_distributed(args)
+    main_process = rank == 0
+    if not main_process:               # the other processes train in silence and write nothing
+        sys.stdout = open(os.devnull, "w")
+    if args.batch_size % world or args.eval_batch_size < world:
+        sys.exit(f"--batch-size ({args.batch_size}) must be a multiple of the number of processes ({world}), "
+                 f"and --eval-batch-size ({args.eval_batch_size}) at least that number")
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.pt"
-    device = torch.device(args.device)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
     corpus = Corpus(args.data)
-    train_data = batchify(corpus.train, args.batch_size, device)
+    train_data = shard_columns(batchify(corpus.train, args.batch_size, device), rank, world)
     evaluation = {}
     for split in ("valid", "test"):
         stream = getattr(corpus, split)
         if args.max_eval_tokens:
             stream = stream[: args.max_eval_tokens]
-        evaluation[split] = batchify(stream, args.eval_batch_size, device)
+        evaluation[split] = shard_columns(batchify(stream, args.eval_batch_size, device), rank, world)
     print(describe(args, corpus, train_data.size(0)))
+    if world > 1:
+        print(f"data parallel: {world} processes ({torch.distributed.get_backend()}), "
+              f"{train_data.size(1)} of the {args.batch_size} batch columns each")
 
     model = RNNModel(len(corpus.dictionary), args.emsize, args.nhid, args.nlayers, lstm=args.lstm,
                      tie_weights=args.tied, dropout=args.dropout, dropouth=args.dropouth,
@@ -333,19 +415,34 @@ def main(argv=None) -> dict:
         history, train_tokens_seen = ckpt["history"], ckpt["train_tokens_seen"]
         train_seconds = ckpt.get("train_seconds", 0.0)
         first_epoch = ckpt["epoch"] + 1
-        torch.set_rng_state(ckpt["torch_rng"])
+        per_rank = ckpt.get("torch_rng_per_rank") or []
+        torch.set_rng_state(per_rank[rank] if len(per_rank) == world else ckpt["torch_rng"])
+        if world > 1 and len(per_rank) != world:   # saved by another number of processes
+            torch.manual_seed(args.seed + 1000 * first_epoch + rank)
         rng.setstate(ckpt["python_rng"])
         print(f"resumed from {ckpt_path} after epoch {ckpt['epoch']}"
               + (" (it had stopped early)" if stopper.should_stop else ""))
 
-    show_progress = not args.no_progress
+    step = LossStep(model)
+    if world > 1:
+        # The adaptive softmax's tail clusters get no gradient in a batch without any of their words.
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=args.softmax == "adaptive")
+        if not args.resume:
+            # Different masks on each process, as one process would draw for the whole batch; the python
+            # rng (BPTT lengths) stays alike so that every process takes the same steps.
+            torch.manual_seed(args.seed + rank)
+    show_progress = not args.no_progress and main_process
     epoch = first_epoch - 1
     for epoch in range(first_epoch, args.epochs + 1):
         if stopper.should_stop:
             break
         t0 = time.time()
-        train_loss, tokens = train_epoch(model, optimizer, train_data, epoch, args, rng, show_progress)
+        train_loss, tokens = train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progress)
         train_time = time.time() - t0
+        loss_sum, tokens = sum_over_ranks([train_loss * tokens, tokens], device)
+        train_loss, tokens = loss_sum / max(tokens, 1), int(tokens)
         train_tokens_seen += tokens
         train_seconds += train_time
         t1 = time.time()
@@ -363,26 +460,34 @@ def main(argv=None) -> dict:
         if args.schedule == "plateau" and not improved and args.lr_decay > 1.0 and not stopper.should_stop:
             for group in optimizer.param_groups:
                 group["lr"] /= args.lr_decay
-        torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                        early_stopping=stopper.state_dict(), history=history,
-                        train_tokens_seen=train_tokens_seen, train_seconds=train_seconds,
-                        torch_rng=torch.get_rng_state(), python_rng=rng.getstate(), args=vars(args),
-                        vocab=corpus.dictionary.idx2word), ckpt_path)
+        rng_states = gather_from_ranks(torch.get_rng_state())   # every process's, for --resume
+        if main_process:
+            torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                            early_stopping=stopper.state_dict(), history=history,
+                            train_tokens_seen=train_tokens_seen, train_seconds=train_seconds,
+                            torch_rng=rng_states[0], torch_rng_per_rank=rng_states if world > 1 else None,
+                            python_rng=rng.getstate(), args=vars(args), vocab=corpus.dictionary.idx2word),
+                       ckpt_path)
         if stopper.should_stop:
             print(f"early stopping: no improvement for {stopper.patience} epoch(s); best epoch {stopper.best_step}")
 
     if stopper.restore(model):
         best_epoch = history[stopper.best_step - 1]["epoch"] if history else None
         print(f"restored the best weights (epoch {best_epoch}, valid ppl {stopper.best:.2f})")
-    torch.save(dict(model=model.state_dict(), args=vars(args), vocab=corpus.dictionary.idx2word), model_path)
+    if main_process:
+        torch.save(dict(model=model.state_dict(), args=vars(args), vocab=corpus.dictionary.idx2word), model_path)
 
     # The restored weights are the best epoch's, whose validation perplexity is already known.
     valid_ppl = stopper.best if stopper.best_state is not None else math.exp(evaluate(model, evaluation["valid"], args))
     test_ppl = math.exp(evaluate(model, evaluation["test"], args))
     wall_s = time.time() - wall_start
+    if distributed():
+        torch.distributed.destroy_process_group()
+    if not main_process:
+        return dict(valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s)
     with open(out_dir / "history.json", "w") as f:
         json.dump(dict(args=vars(args), history=history, valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s,
-                       train_tokens_seen=train_tokens_seen, torch=torch.__version__), f, indent=1)
+                       train_tokens_seen=train_tokens_seen, processes=world, torch=torch.__version__), f, indent=1)
     plot = out_dir / "learning_curve.png"
     title = f"WikiText-2, {args.config}, {args.lstm} LSTM: test ppl {test_ppl:.1f}"
     plotted = bool(history) and plot_learning_curve(history, plot, title)
@@ -394,7 +499,8 @@ def main(argv=None) -> dict:
     print(f"RESULT example=word_language_model preset={args.config} lstm={args.lstm} epochs={len(history)} "
           f"train_tokens={train_tokens_seen} train_tok_per_s={tok_s:.0f} valid_ppl={valid_ppl:.2f} "
           f"test_ppl={test_ppl:.2f} wall_s={wall_s:.1f} cpu_s={time.process_time():.1f} "
-          f"history={out_dir / 'history.json'}" + (f" plot={plot}" if plotted else ""), flush=True)
+          f"history={out_dir / 'history.json'}" + (f" plot={plot}" if plotted else "")
+          + (f" processes={world}" if world > 1 else ""), flush=True)
     return dict(valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s)
 
 
