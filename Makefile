@@ -58,8 +58,14 @@ build: build-deps
 	@force=""; for so in rnnfused/_C*.so; do [ -e "$$so" ] && [ setup.py -nt "$$so" ] && force=--force; done; \
 	flock /tmp/rnnfused-build.lock $(PY) setup.py -q build_ext --inplace $$force
 
+# `make test INSTALLED=1` (what CI runs) tests the wheel installed into a fresh virtual environment
+# instead of the in-place build: the same suite, against the package as users install it.
+ifeq ($(INSTALLED),1)
+test: test-wheel
+else
 test: deps build
 	$(PY) -m pytest -q tests
+endif
 
 # `make demo LSTM=torch` runs the same preset with torch.nn.LSTM, for comparison.
 demo: deps build
