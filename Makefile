@@ -82,9 +82,9 @@ wheel: build-deps
 test-wheel: wheel
 	rm -rf $(WHEEL_VENV)
 	$(PY) -m venv $(WHEEL_VENV)
-	$(WHEEL_VENV)/bin/python -m pip install -q \
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-compile \
 		"torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
-	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls dist/rnnfused-*.whl)[test,examples]"
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-compile "$$(ls dist/rnnfused-*.whl)[test,examples]"
 	$(WHEEL_VENV)/bin/python -m pip check
 	cd "$$(mktemp -d)" && $(abspath $(WHEEL_VENV))/bin/python -c \
 		"import rnnfused, sys; assert rnnfused.__file__.startswith(sys.prefix), rnnfused.__file__; \

@@ -28,7 +28,8 @@ def extension():
     # -fno-trapping-math / -fno-math-errno (as torch itself builds) let the pointwise loops
     # vectorize without changing any IEEE result; RNNFUSED_CPU_ARCH picks the vector width
     # (default: this machine's, "native"; set it to "" for a portable build, e.g. x86-64-v2).
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wall",
+    # -g0: Python's CFLAGS carry -g, and debug info doubles the compile time for nothing a user needs.
+    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wall",
            "-Wno-unknown-pragmas"]
     arch = os.environ.get("RNNFUSED_CPU_ARCH", "native")
     if arch and _compiler_accepts(f"-march={arch}"):
