@@ -1,5 +1,5 @@
-// The cells' pointwise arithmetic, forward and backward, for one unit: the LSTM (SPEC §2) and
-// the GRU (SPEC §2b).
+// The cells' pointwise arithmetic, forward and backward, for one unit: the LSTM (SPEC §2), the
+// GRU (SPEC §2b) and the layer-normalized LSTM's normalizations (SPEC §2c).
 //
 // Shared by the CPU loop and the CUDA kernels: neither re-derives any of this. Everything is
 // computed in acc_t (float for float/half/bfloat16 storage, double for double). Masks arrive as
@@ -61,6 +61,12 @@ RNNFUSED_HD float act_exp(float x) { return poly_expf(x); }
 RNNFUSED_HD float act_tanh(float x) { return poly_tanhf(x); }
 #endif
 RNNFUSED_HD double act_exp(double x) { return ::exp(x); }
+#if defined(__CUDA_ARCH__)
+RNNFUSED_HD float act_sqrt(float x) { return ::sqrtf(x); }
+#else
+RNNFUSED_HD float act_sqrt(float x) { return std::sqrt(x); }
+#endif
+RNNFUSED_HD double act_sqrt(double x) { return ::sqrt(x); }
 RNNFUSED_HD double act_tanh(double x) { return ::tanh(x); }
 
 template <typename acc_t>
@@ -109,19 +115,69 @@ struct GateGrads {
 // One unit's backward step.
 //   dh_tilde: dL/dh̃ (pre-projection hidden value o ⊙ tanh(c̃))
 //   dc:       in: dL/dc_t (the zoned-out cell the layer keeps); out: dL/dc_{t-1}
+// The gates' share of one unit's backward step, for both LSTM cells.
+//   d_o:       dL/do
+//   dc_fresh:  dL/dc̃ through h̃ (the plain LSTM: o (1 - tanh² c̃) dh̃; the LN-LSTM: through LN(c̃))
+//   dc:        in: dL/dc_t (the zoned-out cell the layer keeps); out: dL/dc_{t-1}
 template <typename acc_t>
-RNNFUSED_HD GateGrads<acc_t> cell_backward(const Gates<acc_t>& gate, acc_t c_prev, acc_t c_tilde,
-                                           acc_t cand_scale, acc_t zc, acc_t dh_tilde,
-                                           acc_t& dc) {
-  const acc_t tc = act_tanh(c_tilde);
-  const acc_t d_o = dh_tilde * tc;
-  const acc_t dc_tilde = dh_tilde * gate.o * (acc_t(1) - tc * tc) + (acc_t(1) - zc) * dc;
+RNNFUSED_HD GateGrads<acc_t> gate_backward(const Gates<acc_t>& gate, acc_t c_prev, acc_t cand_scale,
+                                           acc_t zc, acc_t d_o, acc_t dc_fresh, acc_t& dc) {
+  const acc_t dc_tilde = dc_fresh + (acc_t(1) - zc) * dc;
   const acc_t d_i = dc_tilde * gate.g * cand_scale;
   const acc_t d_f = dc_tilde * c_prev;
   const acc_t d_g = dc_tilde * gate.i * cand_scale;
   dc = zc * dc + gate.f * dc_tilde;
   return GateGrads<acc_t>{d_i * gate.i * (acc_t(1) - gate.i), d_f * gate.f * (acc_t(1) - gate.f),
                           d_g * (acc_t(1) - gate.g * gate.g), d_o * gate.o * (acc_t(1) - gate.o)};
+}
+
+template <typename acc_t>
+RNNFUSED_HD GateGrads<acc_t> cell_backward(const Gates<acc_t>& gate, acc_t c_prev, acc_t c_tilde,
+                                           acc_t cand_scale, acc_t zc, acc_t dh_tilde,
+                                           acc_t& dc) {
+  const acc_t tc = act_tanh(c_tilde);
+  return gate_backward<acc_t>(gate, c_prev, cand_scale, zc, dh_tilde * tc,
+                              dh_tilde * gate.o * (acc_t(1) - tc * tc), dc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer normalization, for the layer-normalized LSTM (SPEC §2c)
+// ---------------------------------------------------------------------------------------------
+
+// LN(v) = (v - mean) * rstd with rstd = 1 / sqrt(var + eps), the biased variance over the row.
+constexpr double kLayerNormEps = 1e-5;
+
+template <typename acc_t>
+RNNFUSED_HD acc_t layer_norm_rstd(acc_t sum_sq_dev, int64_t n) {
+  return acc_t(1) / act_sqrt(sum_sq_dev / acc_t(n) + acc_t(kLayerNormEps));
+}
+
+// Backward of one element of y = LN(v): dL/dv from dL/dy given the row's reductions
+// mean_dy = mean(dL/dy) and mean_dy_y = mean(dL/dy ⊙ y).
+template <typename acc_t>
+RNNFUSED_HD acc_t layer_norm_backward(acc_t dy, acc_t y, acc_t rstd, acc_t mean_dy,
+                                      acc_t mean_dy_y) {
+  return rstd * (dy - mean_dy - y * mean_dy_y);
+}
+
+// The LN-LSTM's output path, forward: h̃ = o tanh(LN(c̃) γ_c + β_c), given y = LN(c̃).
+template <typename acc_t>
+RNNFUSED_HD acc_t ln_hidden(acc_t o, acc_t y, acc_t gain, acc_t bias) {
+  return o * act_tanh(y * gain + bias);
+}
+
+// Its backward for one unit: dL/do, and dL/dq of q = y γ_c + β_c (dL/dγ_c = dq y, dL/dβ_c = dq,
+// dL/dy = dq γ_c).
+template <typename acc_t>
+struct LnHiddenGrads {
+  acc_t d_o, dq;
+};
+
+template <typename acc_t>
+RNNFUSED_HD LnHiddenGrads<acc_t> ln_hidden_backward(acc_t o, acc_t y, acc_t gain, acc_t bias,
+                                                     acc_t dh_tilde) {
+  const acc_t tq = act_tanh(y * gain + bias);
+  return LnHiddenGrads<acc_t>{dh_tilde * tq, dh_tilde * o * (acc_t(1) - tq * tq)};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 // The layer ops: one recurrent layer, one direction, a cell over time (SPEC §2, §2b, §5).
 //
-// Two cells share everything here: the LSTM (rnnfused::lstm_forward / lstm_backward) and the GRU
-// (rnnfused::gru_forward / gru_backward). What differs between them is the cell's pointwise
-// math (cell_math.h) and its gate count; the argument checks, the masks, the workspace, the time
+// Three cells share everything here: the LSTM (rnnfused::lstm_forward / lstm_backward), the GRU
+// (rnnfused::gru_forward / gru_backward) and the layer-normalized LSTM (rnnfused::ln_lstm_forward /
+// ln_lstm_backward). What differs between them is the cell's pointwise math (cell_math.h), its
+// gate count and, for the LN-LSTM, its per-sample normalizations; the argument checks, the masks, the workspace, the time
 // loop and the GEMMs are the layer driver's, written once per device (layer_cpu.cpp,
 // layer_cuda.cu) as templates over the cell.
 //
@@ -20,6 +21,9 @@
 //   hs (T+1, B, R)    the state before/after each step, in processing order (hs[0] = h0)
 //   cs (T+1, B, H)    LSTM: the (zoned-out) cell, in processing order (cs[0] = c0)
 //   ctil (T, B, H)    LSTM: c̃ before zoneout, indexed by t; only with zoneout on c
+// The LN-LSTM keeps gates, hs and cs as the LSTM (no ctil), and its normalized values, by t:
+//   norm_x (T, B, 4H) LN(W_ih x̂_t)   norm_h (T, B, 4H) LN(Ŵ_hh ĥ_{t-1})   norm_c (T, B, H) LN(c̃_t)
+//   rstd (T, B, 3)    the three LNs' 1 / sqrt(var + eps), in that order
 #pragma once
 
 #include <ATen/ATen.h>
@@ -34,7 +38,7 @@ namespace rnnfused {
 
 using at::Tensor;
 
-enum class CellKind { kLstm, kGru };
+enum class CellKind { kLstm, kGru, kLnLstm };
 
 // What the driver needs to know about a cell at compile time.
 template <CellKind kCell>
@@ -47,6 +51,7 @@ struct CellTraits<CellKind::kLstm> {
   // The recurrent term joins the input term before any nonlinearity: the per-step GEMM
   // accumulates into the input projection.
   static constexpr bool kSeparateRecurrent = false;
+  static constexpr bool kLayerNorm = false;
   static constexpr const char* kName = "LSTM";
 };
 
@@ -57,7 +62,39 @@ struct CellTraits<CellKind::kGru> {
   // n = tanh(gi_n + r ⊙ gh_n) needs the recurrent term on its own: the per-step GEMM writes a
   // separate (B, 3H) buffer.
   static constexpr bool kSeparateRecurrent = true;
+  static constexpr bool kLayerNorm = false;
   static constexpr const char* kName = "GRU";
+};
+
+template <>
+struct CellTraits<CellKind::kLnLstm> {
+  static constexpr int kGates = 4;
+  static constexpr bool kHasCell = true;
+  // Each GEMM term is normalized on its own before the two are summed.
+  static constexpr bool kSeparateRecurrent = true;
+  // Per-sample reductions over the gates and the cell: the pointwise passes work on whole rows.
+  static constexpr bool kLayerNorm = true;
+  static constexpr const char* kName = "LN-LSTM";
+};
+
+// The LSTM cells carry c and may project h.
+constexpr bool is_lstm(CellKind cell) { return cell != CellKind::kGru; }
+
+// The LN-LSTM's parameters: the gains of the two gate LNs (4H each) and the gain and bias of the
+// LN on c̃ (H each).
+struct LayerNormParams {
+  const Tensor& weight_ih;
+  const Tensor& weight_hh;
+  const Tensor& weight_c;
+  const Tensor& bias_c;
+};
+
+// What its forward keeps for backward, beside gates, hs and cs.
+struct LayerNormWorkspace {
+  const Tensor& norm_x;
+  const Tensor& norm_h;
+  const Tensor& norm_c;
+  const Tensor& rstd;
 };
 
 // Width of the gates workspace per sample, for both cells: 4H.
@@ -120,7 +157,8 @@ void dispatch_switches(const LayerPlan& plan, F&& f) {
   }
 }
 
-// The arguments of a forward call, as the ops take them; c0, weight_hr undefined for the GRU.
+// The arguments of a forward call, as the ops take them; c0, weight_hr undefined for the GRU; ln
+// given for the LN-LSTM only.
 struct ForwardArgs {
   const Tensor& input;
   const Tensor& h0;
@@ -137,9 +175,11 @@ struct ForwardArgs {
   bool training;
   at::ArrayRef<double> rates;
   bool need_workspace;
+  const LayerNormParams* ln = nullptr;
 };
 
-// The arguments of a backward call; grad_c_n, weight_hr, cs, ctil undefined for the GRU.
+// The arguments of a backward call; grad_c_n, weight_hr, cs, ctil undefined for the GRU; ln and
+// ln_ws given for the LN-LSTM only (its ctil is undefined).
 struct BackwardArgs {
   const Tensor& grad_output;
   const Tensor& grad_h_n;
@@ -159,17 +199,23 @@ struct BackwardArgs {
   const c10::optional<Tensor>& cs;
   const c10::optional<Tensor>& ctil;
   bool has_bias;
+  const LayerNormParams* ln = nullptr;
+  const LayerNormWorkspace* ln_ws = nullptr;
 };
 
-// What a forward call returns; c_n, cs, ctil are empty for the GRU.
+// What a forward call returns; c_n, cs, ctil are empty for the GRU, the norms for all but the
+// LN-LSTM.
 struct LayerOutputs {
   Tensor output, h_n, c_n, gates, hs, cs, ctil;
+  Tensor norm_x, norm_h, norm_c, rstd;
 };
 
 // What a backward call returns; grad_c0 and grad_weight_hr empty where the cell has none.
 struct LayerGrads {
   Tensor grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih,
       grad_bias_hh, grad_weight_hr;
+  // LN-LSTM only.
+  Tensor grad_ln_weight_ih, grad_ln_weight_hh, grad_ln_weight_c, grad_ln_bias_c;
 };
 
 // Checks every argument (shape, dtype, device, ranges) with a message naming it, and plans.
@@ -192,6 +238,10 @@ SequenceMasks sequence_masks(const LayerPlan& plan, at::ScalarType dtype);
 LayerOutputs finish_forward(const LayerPlan& plan, bool need_workspace, Tensor output,
                             Tensor gates, Tensor hs, Tensor cs, Tensor ctil);
 
+// The LN-LSTM's part of it: its four norm workspace outputs, or distinct empty tensors.
+void finish_forward_ln(bool need_workspace, LayerOutputs& out, Tensor norm_x, Tensor norm_h,
+                       Tensor norm_c, Tensor rstd);
+
 // The end of backward on any device, after the time loop: the input, weight and bias
 // gradients, each one GEMM (or reduction) over all steps.
 //   da_ih, da_hh (T, B, G*H): dL/d(W_ih x̂_t) and dL/d(Ŵ_hh ĥ_{t-1}) by input position (the same
@@ -208,11 +258,17 @@ using LstmForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Ten
 using LstmBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using GruForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 using GruBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LnLstmForwardResult =
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LnLstmBackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                        Tensor, Tensor, Tensor, Tensor>;
 
 LstmForwardResult lstm_forward_result(LayerOutputs out);
 LstmBackwardResult lstm_backward_result(LayerGrads grads);
 GruForwardResult gru_forward_result(LayerOutputs out);
 GruBackwardResult gru_backward_result(LayerGrads grads);
+LnLstmForwardResult ln_lstm_forward_result(LayerOutputs out);
+LnLstmBackwardResult ln_lstm_backward_result(LayerGrads grads);
 
 // Materializes the masks of one call exactly as the kernels draw them (SPEC §3), as {0,1}
 // tensors: keep-masks for dropout, keep-previous masks for zoneout. gates: G of the cell.

@@ -1,4 +1,4 @@
-// CPU forward and backward of the layer ops, LSTM and GRU (SPEC §2, §2b, §5).
+// CPU forward and backward of the layer ops, LSTM, GRU and LN-LSTM (SPEC §2, §2b, §2c, §5).
 //
 // The layer is a cell over time. The driver (CpuLayer and the two time loops) is written once;
 // each cell contributes its chunk of pointwise math (CellChunk, calling cell_math.h). Forward:
@@ -9,6 +9,12 @@
 // (two of each with a projection), and computes the weight gradients as single GEMMs after the
 // loop. The switches of the pointwise passes are template parameters, so an unregularized call
 // draws no random number and multiplies by no mask.
+//
+// The layer-normalized LSTM needs per-sample reductions, so its passes work on whole samples: the
+// input term of all steps is normalized right after the input GEMM (one parallel pass over the
+// T * B rows); per step, one pass per sample normalizes the recurrent term, applies the cell and
+// normalizes c̃, and backward runs the same rows in reverse, accumulating the LN gains' (and the
+// bias') gradients in per-thread sums rather than in (T, B, 4H) buffers.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -48,6 +54,46 @@ void for_each_chunk(int64_t B, int64_t width, F&& body) {
       body(b, j0, std::min(kChunk, width - j0));
     }
   });
+}
+
+// Runs body(b) over the samples, in parallel when there are enough of them to pay for it
+// (width: the units a sample's task touches).
+template <typename F>
+void for_each_sample(int64_t B, int64_t width, F&& body) {
+  const int64_t grain = std::max<int64_t>(1, kGrainTasks * kChunk / std::max<int64_t>(width, 1));
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) body(b);
+  });
+}
+
+// LN of one row in place: v <- (v - mean(v)) * rstd, returns rstd (two passes, in acc_t).
+template <typename scalar_t>
+scalar_t normalize_row(scalar_t* v, int64_t n) {
+  scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < n; ++k) sum += v[k];
+  const scalar_t mean = sum / static_cast<scalar_t>(n);
+  scalar_t sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t k = 0; k < n; ++k) sq += (v[k] - mean) * (v[k] - mean);
+  const scalar_t rstd = layer_norm_rstd<scalar_t>(sq, n);
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) v[k] = (v[k] - mean) * rstd;
+  return rstd;
+}
+
+// Backward of y = LN(v) for one row, in place: dy <- dL/dv given y and rstd.
+template <typename scalar_t>
+void normalize_row_backward(scalar_t* dy, const scalar_t* y, scalar_t rstd, int64_t n) {
+  scalar_t s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t k = 0; k < n; ++k) {
+    s1 += dy[k];
+    s2 += dy[k] * y[k];
+  }
+  const scalar_t m1 = s1 / static_cast<scalar_t>(n), m2 = s2 / static_cast<scalar_t>(n);
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) dy[k] = layer_norm_backward<scalar_t>(dy[k], y[k], rstd, m1, m2);
 }
 
 // The per-step mask values of units [j0, j0 + n) of sample b at step t, as cell_math.h takes
@@ -106,7 +152,9 @@ struct ForwardChunk {
   const scalar_t* c_prev;  // LSTM: the cell before the step
   scalar_t* c_next;        // LSTM: the (zoned-out) cell after it
   scalar_t* ws;            // the gates workspace, or null
-  scalar_t* ctil;          // LSTM with zoneout on c: c̃, or null
+  scalar_t* ctil;          // LSTM with zoneout on c, LN-LSTM: c̃, or null
+  const scalar_t* gain_x;  // LN-LSTM: γ_ih, the input term's gains (pre holds LN(W_ih x̂))
+  const scalar_t* gain_h;  // LN-LSTM: γ_hh, the recurrent term's (gh holds LN(Ŵ_hh ĥ))
   int64_t H;
 };
 
@@ -230,6 +278,37 @@ struct CellChunk<CellKind::kGru> {
   }
 };
 
+// The LN-LSTM's gates and cell: a = LN(W_ih x̂) γ_ih + LN(Ŵ_hh ĥ) γ_hh + b, then the LSTM's c̃.
+// h̃ needs LN(c̃) over the whole sample, so the driver finishes it (forward_cell_ln).
+template <>
+struct CellChunk<CellKind::kLnLstm> {
+  template <typename acc_t, bool kCand, bool kZoneC>
+  static void forward(const ForwardChunk<acc_t>& io, int64_t n, const acc_t* cand,
+                      const acc_t* zc) {
+    const int64_t H = io.H;
+    const acc_t *x = io.pre, *h = io.gh, *gx = io.gain_x, *gh = io.gain_h, *bs = io.bias_x;
+    acc_t gi[kChunk], gf[kChunk], gg[kChunk], go[kChunk];
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      acc_t a[4];
+      for (int g = 0; g < 4; ++g) {
+        const int64_t u = g * H + k;
+        a[g] = x[u] * gx[u] + h[u] * gh[u] + bs[u];
+      }
+      const Gates<acc_t> gate = activate_gates<acc_t>(a[0], a[1], a[2], a[3]);
+      const acc_t c_tilde =
+          cell_forward<acc_t>(gate, io.c_prev[k], kCand ? cand[k] : acc_t(1)).c_tilde;
+      io.c_next[k] = kZoneC ? zoneout_mix<acc_t>(io.c_prev[k], c_tilde, zc[k]) : c_tilde;
+      io.ctil[k] = c_tilde;
+      gi[k] = gate.i;
+      gf[k] = gate.f;
+      gg[k] = gate.g;
+      go[k] = gate.o;
+    }
+    store_workspace(io.ws, H, n, {gi, gf, gg, go});
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // The layer driver: the passes of one step around a cell's chunk math
 // ---------------------------------------------------------------------------------------------
@@ -251,6 +330,13 @@ struct ForwardStep {
   scalar_t* hhat_next;     // (B, R) h ⊙ mh for the next GEMM, or null
   const scalar_t* mh;      // (B, R) recurrent-dropout scale, or null
   scalar_t* htil;          // (B, H) h̃ for the projection GEMM, or null
+  // LN-LSTM: gh holds the recurrent term, normalized in place; pre the normalized input term.
+  const scalar_t* gain_x;  // (4H) γ_ih
+  const scalar_t* gain_h;  // (4H) γ_hh
+  const scalar_t* gain_c;  // (H) γ_c
+  const scalar_t* bias_c;  // (H) β_c
+  scalar_t* norm_c;        // (B, H) out: LN(c̃)
+  scalar_t* rstd;          // (B, 3) out: the rstd of the recurrent term [1] and of c̃ [2]
 };
 
 // What the backward passes of one step read and write.
@@ -270,6 +356,18 @@ struct BackwardStep {
   scalar_t* dgi;            // (B, G*H) GRU out: dL/d(input term)
   scalar_t* htil;           // (B, H) with projection: out h̃
   scalar_t* dproj;          // (B, R) with projection: out dL/d(W_hr h̃)
+  // LN-LSTM
+  const scalar_t* norm_x;   // (B, 4H) LN(W_ih x̂_t)
+  const scalar_t* norm_h;   // (B, 4H) LN(Ŵ_hh ĥ_{t-1})
+  const scalar_t* norm_c;   // (B, H) LN(c̃_t)
+  const scalar_t* rstd;     // (B, 3)
+  const scalar_t* gain_x;   // (4H)
+  const scalar_t* gain_h;   // (4H)
+  const scalar_t* gain_c;   // (H)
+  const scalar_t* bias_c;   // (H)
+  // (threads, 4H + 4H + 4H + H + H): each thread's sums of dL/db, dL/dγ_ih, dL/dγ_hh, dL/dγ_c,
+  // dL/dβ_c
+  scalar_t* param_grads;
 };
 
 template <CellKind kCell, typename scalar_t, bool kCand, bool kZoneC, bool kZoneH>
@@ -294,17 +392,8 @@ struct CpuLayer {
     for_each_chunk(plan.B, H, [&](int64_t b, int64_t j0, int64_t n) {
       const int64_t row = b * H + j0;
       scalar_t* ws = st.gates ? st.gates + b * kWorkspaceGates * H + j0 : nullptr;
-      if (!active(t, b)) {  // padded position: the state passes through, the output is 0
-        if (st.c_next) std::copy(st.c_prev + row, st.c_prev + row + n, st.c_next + row);
-        if (ws) {
-          for (int g = 0; g < kWorkspaceGates; ++g) std::fill_n(ws + g * H, n, scalar_t(0));
-        }
-        if (st.ctil) std::copy(st.c_prev + row, st.c_prev + row + n, st.ctil + row);
-        if (proj) {
-          std::fill_n(st.htil + row, n, scalar_t(0));
-        } else {
-          pass_state(row, n, st);
-        }
+      if (!active(t, b)) {
+        forward_padded(row, n, ws, st);
         return;
       }
       acc_t cand[kChunk], zc[kChunk], zh[kChunk], h_tilde[kChunk];
@@ -323,12 +412,80 @@ struct CpuLayer {
                                       st.c_next ? st.c_next + row : nullptr,
                                       ws,
                                       st.ctil ? st.ctil + row : nullptr,
+                                      nullptr,
+                                      nullptr,
                                       H};
       Cell::template forward<acc_t, kCand, kZoneC>(io, n, cand, zc, h_tilde);
       if (proj) {
         std::copy(h_tilde, h_tilde + n, st.htil + row);
       } else {
         finish_state(row, n, h_tilde, zh, st);
+      }
+    });
+  }
+
+  // A padded position of units [row, row + n) of the cell pass: the state passes through, the
+  // output is 0, the workspace gates are 0.
+  void forward_padded(int64_t row, int64_t n, scalar_t* ws, const ForwardStep<scalar_t>& st) const {
+    const int64_t H = plan.H;
+    if (st.c_next) std::copy(st.c_prev + row, st.c_prev + row + n, st.c_next + row);
+    if (ws) {
+      for (int g = 0; g < kWorkspaceGates; ++g) std::fill_n(ws + g * H, n, scalar_t(0));
+    }
+    if (st.ctil) std::copy(st.c_prev + row, st.c_prev + row + n, st.ctil + row);
+    if (st.norm_c) std::fill_n(st.norm_c + row, n, scalar_t(0));
+    if (plan.has_proj) {
+      std::fill_n(st.htil + row, n, scalar_t(0));
+    } else {
+      pass_state(row, n, st);
+    }
+  }
+
+  // The LN-LSTM's cell pass of step t, one task per sample: LN of the recurrent term, the gates
+  // and c̃ chunk by chunk (c̃ into norm_c), LN of c̃, then h̃ and the state chunk by chunk.
+  // st.gates is never null here (a scratch row block when no workspace is kept).
+  void forward_cell_ln(int64_t t, const ForwardStep<scalar_t>& st) const {
+    const int64_t H = plan.H, GH = kG * H;
+    const bool proj = plan.has_proj;
+    for_each_sample(plan.B, GH, [&](int64_t b) {
+      scalar_t* ws = st.gates + b * kWorkspaceGates * H;
+      if (!active(t, b)) {
+        for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
+          forward_padded(b * H + j0, std::min(kChunk, H - j0), ws + j0, st);
+        }
+        st.rstd[b * 3 + 1] = st.rstd[b * 3 + 2] = 0;
+        return;
+      }
+      scalar_t* gh = const_cast<scalar_t*>(st.gh) + b * GH;
+      st.rstd[b * 3 + 1] = normalize_row(gh, GH);
+      scalar_t* c_tilde = st.norm_c + b * H;
+      for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
+        const int64_t n = std::min(kChunk, H - j0), row = b * H + j0;
+        acc_t cand[kChunk], zc[kChunk];
+        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
+        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
+        const ForwardChunk<scalar_t> io{st.pre + b * GH + j0, gh + j0,      st.bias_x + j0,
+                                        nullptr,              nullptr,      st.c_prev + row,
+                                        st.c_next + row,      ws + j0,      c_tilde + j0,
+                                        st.gain_x + j0,       st.gain_h + j0, H};
+        Cell::template forward<acc_t, kCand, kZoneC>(io, n, cand, zc);
+      }
+      st.rstd[b * 3 + 2] = normalize_row(c_tilde, H);
+      const scalar_t* o = ws + 3 * H;
+      for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
+        const int64_t n = std::min(kChunk, H - j0), row = b * H + j0;
+        acc_t zh[kChunk], h_tilde[kChunk];
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) {
+          h_tilde[k] = ln_hidden<acc_t>(o[j0 + k], c_tilde[j0 + k], st.gain_c[j0 + k],
+                                        st.bias_c[j0 + k]);
+        }
+        if (proj) {
+          std::copy(h_tilde, h_tilde + n, st.htil + row);
+        } else {
+          if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+          finish_state(row, n, h_tilde, zh, st);
+        }
       }
     });
   }
@@ -460,6 +617,101 @@ struct CpuLayer {
     });
   }
 
+  // The LN-LSTM's cell pass of backward step t, one task per sample: dL/dh̃ (through zoneout on h
+  // unless projected), back through h̃ = o tanh(LN(c̃) γ_c + β_c) and LN(c̃), the gates, then
+  // through the two gate LNs into dL/d(W_ih x̂) (dgi) and dL/d(Ŵ_hh ĥ) (da). The bias and gain
+  // gradients go to this thread's row of param_grads.
+  void backward_cell_ln(int64_t t, const BackwardStep<scalar_t>& st) const {
+    const int64_t H = plan.H, GH = kG * H;
+    const bool proj = plan.has_proj;
+    const int64_t width = 3 * GH + 2 * H;
+    for_each_sample(plan.B, GH, [&](int64_t b) {
+      scalar_t* acc = st.param_grads + at::get_thread_num() * width;
+      scalar_t *d_bias = acc, *d_gx = acc + GH, *d_gh = acc + 2 * GH, *d_gc = acc + 3 * GH,
+               *d_bc = acc + 3 * GH + H;
+      const bool on = active(t, b);
+      scalar_t* dx = st.dgi + b * GH;  // dL/d(W_ih x̂_t): first dL/dLN(·), then through the LN
+      scalar_t* dh = st.da + b * GH;   // dL/d(Ŵ_hh ĥ_{t-1}), likewise
+      // dL/dh̃ of the sample into dx[0, H) (scratch until the gate gradients are known).
+      scalar_t* dh_tilde = dx;
+      for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
+        const int64_t n = std::min(kChunk, H - j0), row = b * H + j0;
+        if (proj) {
+          std::copy(st.dhtil + row, st.dhtil + row + n, dh_tilde + j0);
+        } else {
+          acc_t zh[kChunk];
+          if constexpr (kZoneH) {
+            if (on) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+          }
+          backward_state(row, n, on, zh, st, dh_tilde + j0);
+        }
+      }
+      if (!on) {
+        std::fill_n(dx, GH, scalar_t(0));
+        std::fill_n(dh, GH, scalar_t(0));
+        if (st.htil) std::fill_n(st.htil + b * H, H, scalar_t(0));
+        return;
+      }
+      const scalar_t* g = st.gates + b * kWorkspaceGates * H;
+      const scalar_t* y = st.norm_c + b * H;
+      const scalar_t* gc = st.gain_c;
+      const scalar_t* bc = st.bias_c;
+      // dL/do into dh[3H, 4H) and dL/dLN(c̃) into dh[0, H), both scratch.
+      scalar_t* d_o = dh + 3 * H;
+      scalar_t* dy = dh;
+#pragma omp simd
+      for (int64_t k = 0; k < H; ++k) {
+        const LnHiddenGrads<acc_t> lh = ln_hidden_backward<acc_t>(g[3 * H + k], y[k], gc[k], bc[k],
+                                                                 dh_tilde[k]);
+        d_o[k] = lh.d_o;
+        d_gc[k] += lh.dq * y[k];
+        d_bc[k] += lh.dq;
+        dy[k] = lh.dq * gc[k];
+      }
+      if (st.htil) {
+        for (int64_t k = 0; k < H; ++k) {
+          st.htil[b * H + k] = ln_hidden<acc_t>(g[3 * H + k], y[k], gc[k], bc[k]);
+        }
+      }
+      normalize_row_backward(dy, y, st.rstd[b * 3 + 2], H);  // dy: dL/dc̃ through h̃
+      // The gate gradients, chunk by chunk (their masks), into dx as dL/da (dh_tilde is spent).
+      for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
+        const int64_t n = std::min(kChunk, H - j0), row = b * H + j0;
+        acc_t cand[kChunk], zc[kChunk];
+        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
+        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t j = j0 + k;
+          const Gates<acc_t> gate{g[j], g[H + j], g[2 * H + j], g[3 * H + j]};
+          acc_t dcell = st.dc[row + k];
+          const GateGrads<acc_t> grad =
+              gate_backward<acc_t>(gate, st.c_prev[row + k], kCand ? cand[k] : acc_t(1),
+                                   kZoneC ? zc[k] : acc_t(0), d_o[j], dy[j], dcell);
+          st.dc[row + k] = dcell;
+          dx[j] = grad.a_i;
+          dx[H + j] = grad.a_f;
+          dx[2 * H + j] = grad.a_g;
+          dx[3 * H + j] = grad.a_o;
+        }
+      }
+      // dL/da (in dx) -> the bias and gains, then through each gate LN.
+      const scalar_t* nx = st.norm_x + b * GH;
+      const scalar_t* nh = st.norm_h + b * GH;
+#pragma omp simd
+      for (int64_t u = 0; u < GH; ++u) {
+        const acc_t da = dx[u];
+        d_bias[u] += da;
+        d_gx[u] += da * nx[u];
+        d_gh[u] += da * nh[u];
+        dx[u] = da * st.gain_x[u];
+        dh[u] = da * st.gain_h[u];
+      }
+      normalize_row_backward(dx, nx, st.rstd[b * 3], GH);
+      normalize_row_backward(dh, nh, st.rstd[b * 3 + 1], GH);
+    });
+  }
+
   // The state pass of backward step t with a projection, over (B, P): writes dL/d(W_hr h̃).
   void backward_projected_state(int64_t t, const BackwardStep<scalar_t>& st) const {
     const int64_t R = plan.R;
@@ -514,7 +766,7 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   const Tensor len = contiguous_or_undefined(args.lengths);
 
   Tensor output = at::empty({T, B, R}, opts);
-  Tensor gates, hs, cs, ctil;
+  Tensor gates, hs, cs, ctil, norm_x, norm_h, norm_c, rstd;
   // Two rolling states suffice when backward will not run.
   const int64_t kept = need_workspace ? T + 1 : 2;
   hs = at::empty({kept, B, R}, opts);
@@ -525,7 +777,23 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   }
   if (need_workspace) {
     gates = at::empty({T, B, kWorkspaceGates * H}, opts);
-    if (plan.zoneout_c()) ctil = at::empty({T, B, H}, opts);
+    if (plan.zoneout_c() && !Traits::kLayerNorm) ctil = at::empty({T, B, H}, opts);
+  }
+  // The LN-LSTM's normalized terms: kept for backward, or one step's worth of scratch.
+  const LayerNormParams* ln = args.ln;
+  Tensor ln_gains;  // [γ_ih | γ_hh | γ_c | β_c], contiguous
+  if constexpr (Traits::kLayerNorm) {
+    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
+                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    rstd = at::empty({T, B, 3}, opts);
+    if (need_workspace) {
+      norm_h = at::empty({T, B, GH}, opts);
+      norm_c = at::empty({T, B, H}, opts);
+    } else {
+      gates = at::empty({B, kWorkspaceGates * H}, opts);
+      norm_h = at::empty({B, GH}, opts);
+      norm_c = at::empty({B, H}, opts);
+    }
   }
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "layer_forward_cpu", [&] {
@@ -533,18 +801,26 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
     Tensor xp = at::empty({T, B, GH}, opts);
     gemm_rowmajor<scalar_t>(false, true, T * B, GH, I, 1, xhat.data_ptr<scalar_t>(), I,
                             w_ih.data_ptr<scalar_t>(), I, 0, xp.data_ptr<scalar_t>(), GH);
-    // The LSTM adds both biases to one sum; the GRU keeps b_hh with the recurrent term.
+    if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every t, in place
+      scalar_t* x = xp.data_ptr<scalar_t>();
+      scalar_t* r = rstd.data_ptr<scalar_t>();
+      for_each_sample(T * B, GH, [&](int64_t row) { r[row * 3] = normalize_row(x + row * GH, GH); });
+      if (need_workspace) norm_x = xp;
+    }
+    // The LSTMs add both biases to one sum; the GRU keeps b_hh with the recurrent term.
+    constexpr bool kSeparateBias = Traits::kSeparateRecurrent && !Traits::kLayerNorm;
     Tensor bias_x, bias_h;
     if (!plan.has_bias) {
       bias_x = at::zeros({GH}, opts);
-      if (Traits::kSeparateRecurrent) bias_h = bias_x;
-    } else if (Traits::kSeparateRecurrent) {
+      if (kSeparateBias) bias_h = bias_x;
+    } else if (kSeparateBias) {
       bias_x = args.bias_ih->contiguous();
       bias_h = args.bias_hh->contiguous();
     } else {
       bias_x = (*args.bias_ih + *args.bias_hh).contiguous();
     }
-    Tensor gh = Traits::kSeparateRecurrent ? at::empty({B, GH}, opts) : Tensor();
+    Tensor gh = Traits::kSeparateRecurrent && !Traits::kLayerNorm ? at::empty({B, GH}, opts)
+                                                                  : Tensor();
     Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
     if (mh.defined()) hhat[0].copy_(args.h0 * mh);
     Tensor htil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
@@ -567,6 +843,11 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
         scalar_t* pre = xp.data_ptr<scalar_t>() + t * B * GH;
         const scalar_t* h_prev = hs_p + cur * B * R;
         const scalar_t* hhat_prev = hhat_p ? hhat_p + (s % 2) * B * R : h_prev;
+        // Where this step's workspace rows go (the LN-LSTM's scratch rows without a workspace).
+        const int64_t at_t = need_workspace ? t : 0;
+        if constexpr (Traits::kLayerNorm) {
+          gh_p = norm_h.data_ptr<scalar_t>() + at_t * B * GH;
+        }
         if constexpr (Traits::kSeparateRecurrent) {
           recurrent.gemm(hhat_prev, R, 0, gh_p, GH);
         } else {
@@ -581,13 +862,24 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
             hs_p + nxt * B * R,
             cs_p ? cs_p + cur * B * H : nullptr,
             cs_p ? cs_p + nxt * B * H : nullptr,
-            need_workspace ? gates.data_ptr<scalar_t>() + t * B * kWorkspaceGates * H : nullptr,
-            need_workspace && kZoneC ? ctil.data_ptr<scalar_t>() + t * B * H : nullptr,
+            gates.defined() ? gates.data_ptr<scalar_t>() + at_t * B * kWorkspaceGates * H
+                            : nullptr,
+            ctil.defined() ? ctil.data_ptr<scalar_t>() + t * B * H : nullptr,
             output.data_ptr<scalar_t>() + t * B * R,
             hhat_p ? hhat_p + ((s + 1) % 2) * B * R : nullptr,
             ptr_or_null<scalar_t>(mh),
-            ptr_or_null<scalar_t>(htil)};
-        cpu.forward_cell(t, step);
+            ptr_or_null<scalar_t>(htil),
+            ptr_or_null<scalar_t>(ln_gains),
+            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + GH : nullptr,
+            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + 2 * GH : nullptr,
+            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + 2 * GH + H : nullptr,
+            Traits::kLayerNorm ? norm_c.data_ptr<scalar_t>() + at_t * B * H : nullptr,
+            Traits::kLayerNorm ? rstd.data_ptr<scalar_t>() + t * B * 3 : nullptr};
+        if constexpr (Traits::kLayerNorm) {
+          cpu.forward_cell_ln(t, step);
+        } else {
+          cpu.forward_cell(t, step);
+        }
         if (plan.has_proj) {
           gemm_rowmajor<scalar_t>(false, true, B, R, H, 1, htil.data_ptr<scalar_t>(), H,
                                   w_hr.data_ptr<scalar_t>(), H, 0, hproj.data_ptr<scalar_t>(), R);
@@ -597,7 +889,9 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
     });
   });
 
-  return finish_forward(plan, need_workspace, output, gates, hs, cs, ctil);
+  LayerOutputs out = finish_forward(plan, need_workspace, output, gates, hs, cs, ctil);
+  if constexpr (Traits::kLayerNorm) finish_forward_ln(need_workspace, out, norm_x, norm_h, norm_c, rstd);
+  return out;
 }
 
 template <CellKind kCell>
@@ -613,7 +907,8 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
   const Tensor grad_output = args.grad_output.contiguous();
   const Tensor gates = args.gates.contiguous(), hs = args.hs.contiguous();
   const Tensor cs = Traits::kHasCell ? args.cs->contiguous() : Tensor();
-  const Tensor ctil = Traits::kHasCell && plan.zoneout_c() ? args.ctil->contiguous() : Tensor();
+  const Tensor ctil =
+      kCell == CellKind::kLstm && plan.zoneout_c() ? args.ctil->contiguous() : Tensor();
   Tensor w_hh = args.weight_hh.contiguous();
   if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
   const Tensor w_hr = contiguous_or_undefined(args.weight_hr);
@@ -628,6 +923,19 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
   Tensor dproj = plan.has_proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
   Tensor dhtil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
   Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
+  // The LN-LSTM's workspace and parameters, and each thread's sums of the bias and LN parameter
+  // gradients: [db | dγ_ih | dγ_hh | dγ_c | dβ_c].
+  Tensor norm_x, norm_h, norm_c, rstd, ln_gains, param_grads;
+  if constexpr (Traits::kLayerNorm) {
+    const LayerNormParams* ln = args.ln;
+    norm_x = args.ln_ws->norm_x.contiguous();
+    norm_h = args.ln_ws->norm_h.contiguous();
+    norm_c = args.ln_ws->norm_c.contiguous();
+    rstd = args.ln_ws->rstd.contiguous();
+    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
+                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    param_grads = at::zeros({at::get_num_threads(), 3 * GH + 2 * H}, opts);
+  }
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "layer_backward_cpu", [&] {
     const int64_t* len_p = plan.has_lengths ? len.data_ptr<int64_t>() : nullptr;
@@ -639,12 +947,13 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
         const int64_t t = plan.time_of(s);
         scalar_t* da_t = da.data_ptr<scalar_t>() + t * B * GH;
         const scalar_t* cs_p = ptr_or_null<scalar_t>(cs);
-        const BackwardStep<scalar_t> step{
+        BackwardStep<scalar_t> step{
             gates.data_ptr<scalar_t>() + t * B * kWorkspaceGates * H,
             hs.data_ptr<scalar_t>() + s * B * R,
             cs_p ? cs_p + s * B * H : nullptr,
-            !cs_p ? nullptr
-                  : kZoneC ? ctil.data_ptr<scalar_t>() + t * B * H : cs_p + (s + 1) * B * H,
+            !cs_p || Traits::kLayerNorm ? nullptr
+            : kZoneC                    ? ctil.data_ptr<scalar_t>() + t * B * H
+                                        : cs_p + (s + 1) * B * H,
             ptr_or_null<scalar_t>(dhtil),
             grad_output.data_ptr<scalar_t>() + t * B * R,
             zpart.data_ptr<scalar_t>(),
@@ -655,12 +964,27 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
             Traits::kSeparateRecurrent ? dgi.data_ptr<scalar_t>() + t * B * GH : nullptr,
             plan.has_proj ? htil.data_ptr<scalar_t>() + t * B * H : nullptr,
             plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr};
+        if constexpr (Traits::kLayerNorm) {
+          step.norm_x = norm_x.data_ptr<scalar_t>() + t * B * GH;
+          step.norm_h = norm_h.data_ptr<scalar_t>() + t * B * GH;
+          step.norm_c = norm_c.data_ptr<scalar_t>() + t * B * H;
+          step.rstd = rstd.data_ptr<scalar_t>() + t * B * 3;
+          step.gain_x = ln_gains.data_ptr<scalar_t>();
+          step.gain_h = step.gain_x + GH;
+          step.gain_c = step.gain_x + 2 * GH;
+          step.bias_c = step.gain_c + H;
+          step.param_grads = param_grads.data_ptr<scalar_t>();
+        }
         if (plan.has_proj) {
           cpu.backward_projected_state(t, step);
           gemm_rowmajor<scalar_t>(false, false, B, H, R, 1, step.dproj, R,
                                   w_hr.data_ptr<scalar_t>(), H, 0, dhtil.data_ptr<scalar_t>(), H);
         }
-        cpu.backward_cell(t, step);
+        if constexpr (Traits::kLayerNorm) {
+          cpu.backward_cell_ln(t, step);
+        } else {
+          cpu.backward_cell(t, step);
+        }
         // dL/dĥ_{s-1} = da_t Ŵ_hh
         recurrent.gemm(da_t, GH, 0, dhhat.data_ptr<scalar_t>(), R);
       }
@@ -669,8 +993,18 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
 
   // dL/dh0 = the carried share + dĥ ⊙ mh from the first step.
   Tensor grad_h0 = T > 0 ? zpart + (mh.defined() ? dhhat * mh : dhhat) : zpart;
-  return input_and_weight_gradients(plan, seq, input, args.weight_ih, dgi, da, hs, dproj, htil,
-                                    std::move(grad_h0), std::move(dc));
+  LayerGrads grads = input_and_weight_gradients(plan, seq, input, args.weight_ih, dgi, da, hs,
+                                                dproj, htil, std::move(grad_h0), std::move(dc));
+  if constexpr (Traits::kLayerNorm) {
+    // The bias enters after the LNs: its gradient is the sum of dL/da, not of dgi or da.
+    const Tensor sums = param_grads.sum(0);
+    if (plan.has_bias) grads.grad_bias_ih = sums.narrow(0, 0, GH).clone();
+    grads.grad_ln_weight_ih = sums.narrow(0, GH, GH).clone();
+    grads.grad_ln_weight_hh = sums.narrow(0, 2 * GH, GH).clone();
+    grads.grad_ln_weight_c = sums.narrow(0, 3 * GH, H).clone();
+    grads.grad_ln_bias_c = sums.narrow(0, 3 * GH + H, H).clone();
+  }
+  return grads;
 }
 
 // The layer driver of this device, as layer_ops.h calls it.

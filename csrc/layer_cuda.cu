@@ -19,6 +19,14 @@
 // per step (two of each with a projection); the input and weight gradients are single GEMMs after
 // the loop.
 //
+// The layer-normalized LSTM (SPEC §2c) needs per-sample reductions, so its kernels give one block
+// to each sample: the input term of all steps is normalized once after the input GEMM
+// (ln_rows_kernel); per step, one kernel normalizes the recurrent term, applies the cell,
+// normalizes c̃ and finishes the state (ln_forward_cell_kernel), reducing inside the block. Its
+// backward kernel leaves dL/da (before the input LN) and dL/dq of the output path in buffers, from
+// which the gains', the bias' and the input term's gradients are computed for all steps at once
+// after the loop; only the recurrent LN's backward is in the step.
+//
 // One thread owns a quad of four consecutive units of one sample: the Philox block that draws
 // their masks is computed once (the counter layout of philox.h) and no mask is ever stored. The
 // pointwise kernels are templates over the regularizer switches <kCand, kZoneC, kZoneH>, so an
@@ -65,7 +73,7 @@ scalar_t* ptr_or_null(const Tensor& t) {
 
 // The projection (W_hr, proj_size > 0) exists for the LSTM only.
 template <CellKind kCell>
-constexpr bool kCanProject = kCell == CellKind::kLstm;
+constexpr bool kCanProject = is_lstm(kCell);
 
 // ---------------------------------------------------------------------------------------------
 // Masks
@@ -199,6 +207,14 @@ struct ForwardStep {
   const scalar_t* mh;   // (B, R) recurrent-dropout scale, or null
   scalar_t* htil;       // (B, H) LSTM: h̃ for the projection GEMM, or null without projection
   const int64_t* len;   // (B) on the device, or null
+  // LN-LSTM: pre holds LN(W_ih x̂_t), gh the raw recurrent term (normalized in place)
+  const scalar_t* bias;    // (4H) b_ih + b_hh, or null
+  const scalar_t* gain_x;  // (4H) γ_ih
+  const scalar_t* gain_h;  // (4H) γ_hh
+  const scalar_t* gain_c;  // (H) γ_c
+  const scalar_t* bias_c;  // (H) β_c
+  scalar_t* norm_c;        // (B, H) out: LN(c̃)
+  scalar_t* rstd;          // (B, 3) out: [1] the recurrent term's, [2] c̃'s
 };
 
 // The pointers of one backward step.
@@ -220,6 +236,14 @@ struct BackwardStep {
   scalar_t* htil;           // (B, H) LSTM out with a projection: h̃ for the W_hr gradient
   scalar_t* dproj;          // (B, R) LSTM out with a projection: dL/d(W_hr h̃)
   const int64_t* len;
+  // LN-LSTM: dgi receives dL/da (before the input term's LN), da dL/d(Ŵ_hh ĥ)
+  const scalar_t* norm_h;   // (B, 4H)
+  const scalar_t* norm_c;   // (B, H)
+  const scalar_t* rstd;     // (B, 3)
+  const scalar_t* gain_h;   // (4H)
+  const scalar_t* gain_c;   // (H)
+  const scalar_t* bias_c;   // (H)
+  scalar_t* dq;             // (B, H) out: dL/d(LN(c̃) γ_c + β_c)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -542,6 +566,282 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// The layer-normalized LSTM: one block per sample
+// ---------------------------------------------------------------------------------------------
+
+// The sum of v over the block, returned to every thread. shared: 32 acc_t.
+template <typename acc_t>
+__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // shared may still be read by a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  acc_t total = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += shared[w];
+  return total;
+}
+
+// LN of rows of a (rows, n) tensor in place; rstd[row * 3 + slot] = the row's rstd.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    ln_rows_kernel(scalar_t* __restrict__ x, scalar_t* __restrict__ rstd, int slot, int64_t rows,
+                   int64_t n) {
+  __shared__ acc_t shared[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    scalar_t* v = x + row * n;
+    acc_t sum = 0;
+    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) sum += static_cast<acc_t>(v[u]);
+    const acc_t mean = block_sum(sum, shared) / acc_t(n);
+    acc_t sq = 0;
+    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
+      const acc_t d = static_cast<acc_t>(v[u]) - mean;
+      sq += d * d;
+    }
+    const acc_t r = layer_norm_rstd<acc_t>(block_sum(sq, shared), n);
+    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
+      v[u] = static_cast<scalar_t>((static_cast<acc_t>(v[u]) - mean) * r);
+    }
+    if (threadIdx.x == 0) rstd[row * 3 + slot] = static_cast<scalar_t>(r);
+  }
+}
+
+// Backward of the input term's LN for every row after the loop, in place:
+// d <- rstd (e - mean(e) - y mean(e y)) with e = d ⊙ γ_ih and y = LN(W_ih x̂).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    ln_rows_backward_kernel(scalar_t* __restrict__ d, const scalar_t* __restrict__ y,
+                            const scalar_t* __restrict__ gain, const scalar_t* __restrict__ rstd,
+                            int slot, int64_t rows, int64_t n) {
+  __shared__ acc_t shared[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    scalar_t* dv = d + row * n;
+    const scalar_t* yv = y + row * n;
+    acc_t s1 = 0, s2 = 0;
+    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
+      const acc_t e = static_cast<acc_t>(dv[u]) * static_cast<acc_t>(gain[u]);
+      s1 += e;
+      s2 += e * static_cast<acc_t>(yv[u]);
+    }
+    const acc_t m1 = block_sum(s1, shared) / acc_t(n);
+    const acc_t m2 = block_sum(s2, shared) / acc_t(n);
+    const acc_t r = static_cast<acc_t>(rstd[row * 3 + slot]);
+    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
+      const acc_t e = static_cast<acc_t>(dv[u]) * static_cast<acc_t>(gain[u]);
+      dv[u] = static_cast<scalar_t>(layer_norm_backward<acc_t>(e, static_cast<acc_t>(yv[u]), r,
+                                                               m1, m2));
+    }
+  }
+}
+
+// The LN-LSTM's step t, one block per sample: LN of the recurrent term, the gates and c̃, LN of
+// c̃, h̃ and (without a projection) the state. A thread keeps the same quads of units in every
+// pass, so what it wrote to global memory in one pass it reads back in the next unsynchronized.
+template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    ln_forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> mp, int64_t t,
+                           int64_t B, int64_t H, bool has_proj) {
+  using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
+  __shared__ acc_t shared[32];
+  const int64_t GH = 4 * H, quads = (H + 3) / 4;
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    scalar_t* g = s.gates + b * kWorkspaceGates * H;
+    scalar_t* y = s.norm_c + b * H;
+    if (!is_active(s.len, t, b)) {
+      for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+        const int64_t bj = b * H + j;
+        s.c_next[bj] = s.c_prev[bj];
+        g[j] = g[H + j] = g[2 * H + j] = g[3 * H + j] = scalar_t(0);
+        y[j] = scalar_t(0);
+        if (has_proj) {
+          s.htil[bj] = scalar_t(0);
+        } else {
+          finish_state<scalar_t, acc_t, false>(s, bj, false, acc_t(0), acc_t(0));
+        }
+      }
+      if (threadIdx.x == 0) s.rstd[b * 3 + 1] = s.rstd[b * 3 + 2] = scalar_t(0);
+      continue;
+    }
+    // LN(Ŵ_hh ĥ_{t-1}) in place.
+    scalar_t* v = const_cast<scalar_t*>(s.gh) + b * GH;
+    acc_t sum = 0;
+    for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) sum += static_cast<acc_t>(v[u]);
+    const acc_t mean_h = block_sum(sum, shared) / acc_t(GH);
+    acc_t sq = 0;
+    for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) {
+      const acc_t d = static_cast<acc_t>(v[u]) - mean_h;
+      sq += d * d;
+    }
+    const acc_t rstd_h = layer_norm_rstd<acc_t>(block_sum(sq, shared), GH);
+    for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) {
+      v[u] = static_cast<scalar_t>((static_cast<acc_t>(v[u]) - mean_h) * rstd_h);
+    }
+    __syncthreads();
+    // The gates and c̃ (into y, before its LN).
+    const scalar_t* x = s.pre + b * GH;
+    acc_t c_sum = 0;
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+      const Masks masks(mp, t, b, q, false);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int64_t j = q * 4 + k;
+        if (j >= H) break;
+        acc_t a[4];
+#pragma unroll
+        for (int gate = 0; gate < 4; ++gate) {
+          const int64_t u = gate * H + j;
+          a[gate] = static_cast<acc_t>(x[u]) * static_cast<acc_t>(s.gain_x[u]) +
+                    static_cast<acc_t>(v[u]) * static_cast<acc_t>(s.gain_h[u]) +
+                    (s.bias ? static_cast<acc_t>(s.bias[u]) : acc_t(0));
+        }
+        const Gates<acc_t> gate = activate_gates<acc_t>(a[0], a[1], a[2], a[3]);
+        const int64_t bj = b * H + j;
+        const acc_t c_prev = static_cast<acc_t>(s.c_prev[bj]);
+        const acc_t c_tilde = cell_forward<acc_t>(gate, c_prev, masks.cand[k]).c_tilde;
+        s.c_next[bj] =
+            static_cast<scalar_t>(kZoneC ? zoneout_mix(c_prev, c_tilde, masks.zc[k]) : c_tilde);
+        g[j] = static_cast<scalar_t>(gate.i);
+        g[H + j] = static_cast<scalar_t>(gate.f);
+        g[2 * H + j] = static_cast<scalar_t>(gate.g);
+        g[3 * H + j] = static_cast<scalar_t>(gate.o);
+        y[j] = static_cast<scalar_t>(c_tilde);
+        c_sum += static_cast<acc_t>(y[j]);
+      }
+    }
+    // LN(c̃) of c̃ as stored (rounded to half/bfloat16 there), read back by the thread that wrote it.
+    const acc_t mean_c = block_sum(c_sum, shared) / acc_t(H);
+    acc_t c_sq = 0;
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+      for (int k = 0; k < 4 && q * 4 + k < H; ++k) {
+        const acc_t d = static_cast<acc_t>(y[q * 4 + k]) - mean_c;
+        c_sq += d * d;
+      }
+    }
+    const acc_t rstd_c = layer_norm_rstd<acc_t>(block_sum(c_sq, shared), H);
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+      acc_t zh[4] = {0, 0, 0, 0};
+      if constexpr (kZoneH) {
+        if (!has_proj) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+      }
+      for (int k = 0; k < 4 && q * 4 + k < H; ++k) {
+        const int64_t j = q * 4 + k, bj = b * H + j;
+        const acc_t yn = (static_cast<acc_t>(y[j]) - mean_c) * rstd_c;
+        y[j] = static_cast<scalar_t>(yn);
+        const acc_t h_tilde = ln_hidden<acc_t>(static_cast<acc_t>(g[3 * H + j]), yn,
+                                               static_cast<acc_t>(s.gain_c[j]),
+                                               static_cast<acc_t>(s.bias_c[j]));
+        if (has_proj) {
+          s.htil[bj] = static_cast<scalar_t>(h_tilde);
+        } else {
+          finish_state<scalar_t, acc_t, kZoneH>(s, bj, true, h_tilde, zh[k]);
+        }
+      }
+    }
+    if (threadIdx.x == 0) {
+      s.rstd[b * 3 + 1] = static_cast<scalar_t>(rstd_h);
+      s.rstd[b * 3 + 2] = static_cast<scalar_t>(rstd_c);
+    }
+    __syncthreads();  // the next sample of this block reuses shared
+  }
+}
+
+// The LN-LSTM's backward step t, one block per sample: dL/dh̃ (through zoneout on h unless
+// projected), through h̃ and LN(c̃) (dL/dq to dq), the gates (dL/da to dgi, dL/dc carried), and
+// the recurrent term's LN (dL/d(Ŵ_hh ĥ) to da). Scratch: d_o in dgi[3H, 4H) and dL/dLN(c̃) in
+// dgi[0, H), each overwritten by the thread that wrote it once read.
+template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
+__global__ void __launch_bounds__(kThreads)
+    ln_backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp, int64_t t,
+                            int64_t B, int64_t H, bool has_proj) {
+  using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
+  __shared__ acc_t shared[32];
+  const int64_t GH = 4 * H, quads = (H + 3) / 4;
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    const bool on = is_active(s.len, t, b);
+    scalar_t* dx = s.dgi + b * GH;
+    scalar_t* dh = s.da + b * GH;
+    const scalar_t* g = s.gates + b * kWorkspaceGates * H;
+    const scalar_t* y = s.norm_c + b * H;
+    acc_t s1 = 0, s2 = 0;
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+      acc_t zh[4] = {0, 0, 0, 0};
+      if constexpr (kZoneH) {
+        if (on && !has_proj) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+      }
+      for (int k = 0; k < 4 && q * 4 + k < H; ++k) {
+        const int64_t j = q * 4 + k, bj = b * H + j;
+        acc_t dh_tilde;
+        if (has_proj) {
+          dh_tilde = on ? static_cast<acc_t>(s.dhtil[bj]) : acc_t(0);
+        } else {
+          dh_tilde = backward_state<scalar_t, acc_t, kZoneH>(s, bj, on, zh[k]);
+        }
+        if (!on) continue;
+        const acc_t o = static_cast<acc_t>(g[3 * H + j]), yj = static_cast<acc_t>(y[j]);
+        const acc_t gc = static_cast<acc_t>(s.gain_c[j]), bc = static_cast<acc_t>(s.bias_c[j]);
+        const LnHiddenGrads<acc_t> lh = ln_hidden_backward<acc_t>(o, yj, gc, bc, dh_tilde);
+        if (s.htil != nullptr) s.htil[bj] = static_cast<scalar_t>(ln_hidden<acc_t>(o, yj, gc, bc));
+        s.dq[bj] = static_cast<scalar_t>(lh.dq);
+        const acc_t dy = lh.dq * gc;
+        dx[3 * H + j] = static_cast<scalar_t>(lh.d_o);
+        dx[j] = static_cast<scalar_t>(dy);
+        s1 += dy;
+        s2 += dy * yj;
+      }
+    }
+    if (!on) {  // the whole block takes this branch for sample b
+      for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) dx[u] = dh[u] = scalar_t(0);
+      for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+        s.dq[b * H + j] = scalar_t(0);
+        if (s.htil != nullptr) s.htil[b * H + j] = scalar_t(0);
+      }
+      continue;
+    }
+    const acc_t m1 = block_sum(s1, shared) / acc_t(H);
+    const acc_t m2 = block_sum(s2, shared) / acc_t(H);
+    const acc_t rstd_c = static_cast<acc_t>(s.rstd[b * 3 + 2]);
+    const scalar_t* nh = s.norm_h + b * GH;
+    acc_t s3 = 0, s4 = 0;
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+      const Masks masks(mp, t, b, q, false);
+      for (int k = 0; k < 4 && q * 4 + k < H; ++k) {
+        const int64_t j = q * 4 + k, bj = b * H + j;
+        const acc_t dc_fresh = layer_norm_backward<acc_t>(
+            static_cast<acc_t>(dx[j]), static_cast<acc_t>(y[j]), rstd_c, m1, m2);
+        const acc_t d_o = static_cast<acc_t>(dx[3 * H + j]);
+        const Gates<acc_t> gate{static_cast<acc_t>(g[j]), static_cast<acc_t>(g[H + j]),
+                                static_cast<acc_t>(g[2 * H + j]), static_cast<acc_t>(g[3 * H + j])};
+        acc_t dcell = s.dc[bj];
+        const GateGrads<acc_t> grad =
+            gate_backward<acc_t>(gate, static_cast<acc_t>(s.c_prev[bj]), masks.cand[k],
+                                 kZoneC ? masks.zc[k] : acc_t(0), d_o, dc_fresh, dcell);
+        s.dc[bj] = dcell;
+        const acc_t da[4] = {grad.a_i, grad.a_f, grad.a_g, grad.a_o};
+#pragma unroll
+        for (int gi = 0; gi < 4; ++gi) {
+          const int64_t u = gi * H + j;
+          const scalar_t stored = static_cast<scalar_t>(da[gi]);
+          dx[u] = stored;
+          const acc_t e = static_cast<acc_t>(stored) * static_cast<acc_t>(s.gain_h[u]);
+          s3 += e;
+          s4 += e * static_cast<acc_t>(nh[u]);
+        }
+      }
+    }
+    const acc_t m3 = block_sum(s3, shared) / acc_t(GH);  // also orders dx's writes before reads
+    const acc_t m4 = block_sum(s4, shared) / acc_t(GH);
+    const acc_t rstd_h = static_cast<acc_t>(s.rstd[b * 3 + 1]);
+    for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) {
+      const acc_t e = static_cast<acc_t>(dx[u]) * static_cast<acc_t>(s.gain_h[u]);
+      dh[u] = static_cast<scalar_t>(
+          layer_norm_backward<acc_t>(e, static_cast<acc_t>(nh[u]), rstd_h, m3, m4));
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host side: the layer driver
 // ---------------------------------------------------------------------------------------------
 
@@ -593,7 +893,12 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   // each step adds its recurrent term in place; GRU: gi = x̂ W_ih^T + b_ih (b_hh goes with gh).
   const Tensor xhat2 = xhat.view({T * B, I});
   Tensor xp;
-  if (plan.has_bias) {
+  // LN-LSTM: the input term is normalized without its bias; b_ih + b_hh join after both LNs.
+  Tensor ln_bias;
+  if constexpr (Traits::kLayerNorm) {
+    xp = at::mm(xhat2, args.weight_ih.t());
+    if (plan.has_bias) ln_bias = (*args.bias_ih + *args.bias_hh).contiguous();
+  } else if (plan.has_bias) {
     const Tensor bias = Traits::kSeparateRecurrent ? *args.bias_ih : *args.bias_ih + *args.bias_hh;
     xp = at::addmm(bias, xhat2, args.weight_ih.t());
   } else {
@@ -601,12 +906,13 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   }
   xp = xp.view({T, B, G * H});
   // GRU: the recurrent term of the step, Ŵ_hh ĥ_{t-1} + b_hh.
-  Tensor gh = Traits::kSeparateRecurrent ? at::empty({B, G * H}, opts) : Tensor();
+  Tensor gh = Traits::kSeparateRecurrent && !Traits::kLayerNorm ? at::empty({B, G * H}, opts)
+                                                                  : Tensor();
   const Tensor b_hh = Traits::kSeparateRecurrent && plan.has_bias ? args.bias_hh->contiguous()
                                                                    : Tensor();
 
   Tensor output = at::empty({T, B, R}, opts);
-  Tensor gates, hs, cs, ctil;
+  Tensor gates, hs, cs, ctil, norm_x, norm_h, norm_c, rstd;
   // Two rolling states suffice when backward will not run.
   const int64_t kept = need_workspace ? T + 1 : 2;
   hs = at::empty({kept, B, R}, opts);
@@ -618,7 +924,19 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   // The workspace gates have a buffer of their own (not the input term's scratch).
   if (need_workspace) {
     gates = at::empty({T, B, W * H}, opts);
-    if (plan.zoneout_c()) ctil = at::empty({T, B, H}, opts);
+    if (plan.zoneout_c() && !Traits::kLayerNorm) ctil = at::empty({T, B, H}, opts);
+  }
+  // The LN-LSTM's normalized terms: kept for backward, or one step's worth of scratch.
+  Tensor ln_gains;  // [γ_ih | γ_hh | γ_c | β_c]
+  if constexpr (Traits::kLayerNorm) {
+    const LayerNormParams* ln = args.ln;
+    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
+                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    rstd = at::empty({T, B, 3}, opts);
+    const int64_t steps = need_workspace ? T : 1;
+    norm_h = at::empty({steps, B, G * H}, opts);
+    norm_c = at::empty({steps, B, H}, opts);
+    if (!need_workspace) gates = at::empty({1, B, W * H}, opts);
   }
   Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
   if (mh.defined()) hhat[0].copy_(args.h0 * mh);
@@ -637,6 +955,16 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
     const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
+    const int64_t sample_blocks = std::min<int64_t>(B, 65535);
+    if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every t, in place
+      if (T * B > 0) {
+        ln_rows_kernel<scalar_t, acc_t>
+            <<<std::min<int64_t>(T * B, 65535), kThreads, 0, stream>>>(
+                xp.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (need_workspace) norm_x = xp;
+    }
 
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       for (int64_t s = 0; s < T; ++s) {
@@ -646,7 +974,11 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
         const Tensor hhat_prev = hhat_p ? rows_of(hhat, (s % 2) * B * R, B, R)
                                         : rows_of(hs, cur * B * R, B, R);
         Tensor pre = rows_of(xp, t * B * G * H, B, G * H);
-        if constexpr (Traits::kSeparateRecurrent) {
+        const int64_t at_t = need_workspace ? t : 0;  // the LN-LSTM's scratch rows without one
+        if constexpr (Traits::kLayerNorm) {
+          gh = rows_of(norm_h, at_t * B * G * H, B, G * H);
+          at::mm_out(gh, hhat_prev, w_hh_t);  // normalized in the cell kernel
+        } else if constexpr (Traits::kSeparateRecurrent) {
           // gh = ĥ_{s-1} Ŵ_hh^T + b_hh
           if (b_hh.defined()) {
             at::addmm_out(gh, b_hh, hhat_prev, w_hh_t);
@@ -664,14 +996,27 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
             hs_p + nxt * B * R,
             cs_p ? cs_p + cur * B * H : nullptr,
             cs_p ? cs_p + nxt * B * H : nullptr,
-            gates_p ? gates_p + t * B * W * H : nullptr,
+            gates_p ? gates_p + at_t * B * W * H : nullptr,
             kZoneC && ctil_p ? ctil_p + t * B * H : nullptr,
             output.data_ptr<scalar_t>() + t * B * R,
             hhat_p ? hhat_p + ((s + 1) % 2) * B * R : nullptr,
             ptr_or_null<scalar_t>(mh),
             ptr_or_null<scalar_t>(htil),
-            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
-        if (cell_blocks > 0) {
+            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr,
+            ptr_or_null<scalar_t>(ln_bias),
+            ptr_or_null<scalar_t>(ln_gains),
+            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + G * H : nullptr,
+            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + 2 * G * H : nullptr,
+            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + 2 * G * H + H : nullptr,
+            Traits::kLayerNorm ? norm_c.data_ptr<scalar_t>() + at_t * B * H : nullptr,
+            Traits::kLayerNorm ? rstd.data_ptr<scalar_t>() + t * B * 3 : nullptr};
+        if constexpr (Traits::kLayerNorm) {
+          if (sample_blocks > 0) {
+            ln_forward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>
+                <<<sample_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        } else if (cell_blocks > 0) {
           forward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>
               <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -691,8 +1036,13 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
     });
   });
 
-  return finish_forward(plan, need_workspace, std::move(output), std::move(gates), std::move(hs),
-                        std::move(cs), std::move(ctil));
+  LayerOutputs out = finish_forward(plan, need_workspace, std::move(output), std::move(gates),
+                                    std::move(hs), std::move(cs), std::move(ctil));
+  if constexpr (Traits::kLayerNorm) {
+    finish_forward_ln(need_workspace, out, std::move(norm_x), std::move(norm_h), std::move(norm_c),
+                      std::move(rstd));
+  }
+  return out;
 }
 
 template <CellKind kCell>
@@ -713,7 +1063,8 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
   const Tensor grad_output = args.grad_output.contiguous();
   const Tensor gates = args.gates.contiguous(), hs = args.hs.contiguous();
   const Tensor cs = Traits::kHasCell ? args.cs->contiguous() : Tensor();
-  const Tensor ctil = Traits::kHasCell && plan.zoneout_c() ? args.ctil->contiguous() : Tensor();
+  const Tensor ctil =
+      kCell == CellKind::kLstm && plan.zoneout_c() ? args.ctil->contiguous() : Tensor();
   Tensor w_hh = args.weight_hh.contiguous();
   if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
   const Tensor w_hr = plan.has_proj ? args.weight_hr->contiguous() : Tensor();
@@ -731,6 +1082,20 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
   Tensor dproj = plan.has_proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
   Tensor dhtil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
   Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
+  // The LN-LSTM's workspace and parameters; dgi receives dL/da in the loop (the input LN's
+  // backward runs after it), dq dL/dq of q = LN(c̃) γ_c + β_c.
+  Tensor norm_x, norm_h, norm_c, rstd, ln_gains, dq;
+  if constexpr (Traits::kLayerNorm) {
+    const LayerNormParams* ln = args.ln;
+    norm_x = args.ln_ws->norm_x.contiguous();
+    norm_h = args.ln_ws->norm_h.contiguous();
+    norm_c = args.ln_ws->norm_c.contiguous();
+    rstd = args.ln_ws->rstd.contiguous();
+    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
+                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    dq = at::empty({T, B, H}, opts);
+  }
+  LayerGrads ln_grads;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "layer_backward_cuda", [&] {
@@ -741,15 +1106,18 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
     const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
+    const int64_t sample_blocks = std::min<int64_t>(B, 65535);
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = plan.time_of(s);
         const Tensor da_t = rows_of(da, t * B * G * H, B, G * H);
-        const BackwardStep<scalar_t, acc_t> step{
+        BackwardStep<scalar_t, acc_t> step{
             gates.data_ptr<scalar_t>() + t * B * W * H,
             hs.data_ptr<scalar_t>() + s * B * R,
             cs_p ? cs_p + s * B * H : nullptr,
-            cs_p ? (kZoneC ? ctil_p + t * B * H : cs_p + (s + 1) * B * H) : nullptr,
+            !cs_p || Traits::kLayerNorm ? nullptr
+            : kZoneC                    ? ctil_p + t * B * H
+                                        : cs_p + (s + 1) * B * H,
             ptr_or_null<scalar_t>(dhtil),
             grad_output.data_ptr<scalar_t>() + t * B * R,
             zpart.data_ptr<acc_t>(),
@@ -761,6 +1129,15 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
             plan.has_proj ? htil.data_ptr<scalar_t>() + t * B * H : nullptr,
             plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr,
             plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
+        if constexpr (Traits::kLayerNorm) {
+          step.norm_h = norm_h.data_ptr<scalar_t>() + t * B * G * H;
+          step.norm_c = norm_c.data_ptr<scalar_t>() + t * B * H;
+          step.rstd = rstd.data_ptr<scalar_t>() + t * B * 3;
+          step.gain_h = ln_gains.data_ptr<scalar_t>() + G * H;
+          step.gain_c = ln_gains.data_ptr<scalar_t>() + 2 * G * H;
+          step.bias_c = step.gain_c + H;
+          step.dq = dq.data_ptr<scalar_t>() + t * B * H;
+        }
         if constexpr (kCanProject<kCell>) {
           if (plan.has_proj) {
             if (state_blocks > 0) {
@@ -772,7 +1149,13 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
             at::mm_out(dhtil, rows_of(dproj, t * B * R, B, R), w_hr);
           }
         }
-        if (cell_blocks > 0) {
+        if constexpr (Traits::kLayerNorm) {
+          if (sample_blocks > 0) {
+            ln_backward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>
+                <<<sample_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        } else if (cell_blocks > 0) {
           backward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>
               <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -781,6 +1164,26 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
         at::mm_out(dhhat, da_t, w_hh);
       }
     });
+    if constexpr (Traits::kLayerNorm) {
+      // The bias and gains from dL/da and dL/dq of every step (reduced in float), then dL/da
+      // through the input term's LN, all rows at once.
+      const auto acc_type = at::toOpMathType(input.scalar_type());
+      const Tensor da_all = dgi.view({T * B, G * H});
+      const Tensor dq_all = dq.view({T * B, H});
+      auto column_sums = [&](const Tensor& v) { return v.sum(0, false, acc_type).to(opts.dtype()); };
+      if (plan.has_bias) ln_grads.grad_bias_ih = column_sums(da_all);
+      ln_grads.grad_ln_weight_ih = column_sums(da_all * norm_x.view({T * B, G * H}));
+      ln_grads.grad_ln_weight_hh = column_sums(da_all * norm_h.view({T * B, G * H}));
+      ln_grads.grad_ln_weight_c = column_sums(dq_all * norm_c.view({T * B, H}));
+      ln_grads.grad_ln_bias_c = column_sums(dq_all);
+      if (T * B > 0) {
+        ln_rows_backward_kernel<scalar_t, acc_t>
+            <<<std::min<int64_t>(T * B, 65535), kThreads, 0, stream>>>(
+                dgi.data_ptr<scalar_t>(), norm_x.data_ptr<scalar_t>(),
+                ln_gains.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
   });
 
   // dL/dh0 = the share carried outside the GEMM + dĥ ⊙ mh from the first step.
@@ -788,8 +1191,18 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
   grad_h0 = grad_h0.to(input.scalar_type());
   Tensor grad_c0 = Traits::kHasCell ? dc.to(input.scalar_type()) : Tensor();
 
-  return input_and_weight_gradients(plan, seq, input, args.weight_ih, dgi, da, hs, dproj, htil,
-                                    std::move(grad_h0), std::move(grad_c0));
+  LayerGrads grads = input_and_weight_gradients(plan, seq, input, args.weight_ih, dgi, da, hs,
+                                                dproj, htil, std::move(grad_h0),
+                                                std::move(grad_c0));
+  if constexpr (Traits::kLayerNorm) {
+    // The bias enters after the LNs: its gradient is the sum of dL/da, not of dgi or da.
+    if (plan.has_bias) grads.grad_bias_ih = std::move(ln_grads.grad_bias_ih);
+    grads.grad_ln_weight_ih = std::move(ln_grads.grad_ln_weight_ih);
+    grads.grad_ln_weight_hh = std::move(ln_grads.grad_ln_weight_hh);
+    grads.grad_ln_weight_c = std::move(ln_grads.grad_ln_weight_c);
+    grads.grad_ln_bias_c = std::move(ln_grads.grad_ln_bias_c);
+  }
+  return grads;
 }
 
 // The layer driver of this device, as layer_ops.h calls it.

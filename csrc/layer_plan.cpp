@@ -56,8 +56,7 @@ void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tens
                  const c10::optional<Tensor>& lengths, const Tensor& seed, int64_t layer,
                  bool reverse, bool training, at::ArrayRef<double> rates) {
   plan.cell = cell;
-  plan.G = cell == CellKind::kLstm ? CellTraits<CellKind::kLstm>::kGates
-                                   : CellTraits<CellKind::kGru>::kGates;
+  plan.G = is_lstm(cell) ? CellTraits<CellKind::kLstm>::kGates : CellTraits<CellKind::kGru>::kGates;
   const int64_t G = plan.G;
   TORCH_CHECK_VALUE(input.dim() == 3, "rnnfused: input must be 3-D (seq_len, batch, input_size), "
                     "got ", input.dim(), "-D of shape ", shape_str(input.sizes()));
@@ -75,7 +74,7 @@ void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tens
   check_shape(weight_ih, "weight_ih", {G * plan.H, plan.I});
   check_like(weight_ih, "weight_ih", input);
   plan.has_proj = weight_hr.has_value() && weight_hr->defined();
-  TORCH_CHECK_VALUE(!plan.has_proj || cell == CellKind::kLstm,
+  TORCH_CHECK_VALUE(!plan.has_proj || is_lstm(cell),
                     "rnnfused: weight_hr (a projection) exists only for the LSTM");
   if (plan.has_proj) {
     TORCH_CHECK_VALUE(weight_hr->dim() == 2 && weight_hr->size(0) > 0,
@@ -115,9 +114,20 @@ void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tens
   plan.training = training;
   check_rates(rates);
   for (int k = 0; k < kNumMaskKinds; ++k) plan.rate[k] = rates[k];
-  TORCH_CHECK_VALUE(cell == CellKind::kLstm || plan.rate[kMaskZoneoutC] == 0.0,
+  TORCH_CHECK_VALUE(is_lstm(cell) || plan.rate[kMaskZoneoutC] == 0.0,
                     "rnnfused: the GRU has no cell state, so zoneout_c must be 0, got ",
                     plan.rate[kMaskZoneoutC]);
+}
+
+void check_layer_norm(const LayerPlan& plan, const LayerNormParams* ln, const Tensor& input) {
+  TORCH_CHECK_VALUE(ln != nullptr, "rnnfused: the layer-normalized LSTM needs its LN parameters");
+  const int64_t GH = plan.G * plan.H;
+  check_shape(ln->weight_ih, "ln_weight_ih", {GH});
+  check_like(ln->weight_ih, "ln_weight_ih", input);
+  check_shape(ln->weight_hh, "ln_weight_hh", {GH});
+  check_like(ln->weight_hh, "ln_weight_hh", input);
+  check_shape(ln->weight_c, "ln_weight_c", {plan.H});
+  check_like(ln->weight_c, "ln_weight_c", input);
 }
 
 }  // namespace
@@ -128,7 +138,7 @@ LayerPlan plan_forward(CellKind cell, const ForwardArgs& a) {
               a.layer, a.reverse, a.training, a.rates);
   check_shape(a.h0, "h0", {plan.B, plan.R});
   check_like(a.h0, "h0", a.input);
-  if (cell == CellKind::kLstm) {
+  if (is_lstm(cell)) {
     TORCH_CHECK_VALUE(a.c0.has_value() && a.c0->defined(), "rnnfused: the LSTM needs c0");
     check_shape(*a.c0, "c0", {plan.B, plan.H});
     check_like(*a.c0, "c0", a.input);
@@ -142,6 +152,11 @@ LayerPlan plan_forward(CellKind cell, const ForwardArgs& a) {
     check_like(*a.bias_ih, "bias_ih", a.input);
     check_shape(*a.bias_hh, "bias_hh", {plan.G * plan.H});
     check_like(*a.bias_hh, "bias_hh", a.input);
+  }
+  if (cell == CellKind::kLnLstm) {
+    check_layer_norm(plan, a.ln, a.input);
+    check_shape(a.ln->bias_c, "ln_bias_c", {plan.H});
+    check_like(a.ln->bias_c, "ln_bias_c", a.input);
   }
   return plan;
 }
@@ -160,13 +175,28 @@ LayerPlan plan_backward(CellKind cell, const BackwardArgs& a) {
   check_like(a.gates, "gates", a.input);
   check_shape(a.hs, "hs (workspace)", {plan.T + 1, plan.B, plan.R});
   check_like(a.hs, "hs", a.input);
-  if (cell == CellKind::kLstm) {
-    TORCH_CHECK_VALUE(a.grad_c_n.has_value() && a.cs.has_value() && a.ctil.has_value(),
-                      "rnnfused: the LSTM's backward needs grad_c_n, cs and ctil");
+  if (is_lstm(cell)) {
+    TORCH_CHECK_VALUE(a.grad_c_n.has_value() && a.cs.has_value(),
+                      "rnnfused: the LSTM's backward needs grad_c_n and cs");
     check_shape(*a.grad_c_n, "grad_c_n", {plan.B, plan.H});
     check_like(*a.grad_c_n, "grad_c_n", a.input);
     check_shape(*a.cs, "cs (workspace)", {plan.T + 1, plan.B, plan.H});
     check_like(*a.cs, "cs", a.input);
+  }
+  if (cell == CellKind::kLnLstm) {
+    check_layer_norm(plan, a.ln, a.input);
+    TORCH_CHECK_VALUE(a.ln_ws != nullptr, "rnnfused: the LN-LSTM's backward needs its workspace");
+    const int64_t T = plan.T, B = plan.B, GH = plan.G * plan.H;
+    check_shape(a.ln_ws->norm_x, "norm_x (workspace)", {T, B, GH});
+    check_like(a.ln_ws->norm_x, "norm_x", a.input);
+    check_shape(a.ln_ws->norm_h, "norm_h (workspace)", {T, B, GH});
+    check_like(a.ln_ws->norm_h, "norm_h", a.input);
+    check_shape(a.ln_ws->norm_c, "norm_c (workspace)", {T, B, plan.H});
+    check_like(a.ln_ws->norm_c, "norm_c", a.input);
+    check_shape(a.ln_ws->rstd, "rstd (workspace)", {T, B, 3});
+    check_like(a.ln_ws->rstd, "rstd", a.input);
+  } else if (cell == CellKind::kLstm) {
+    TORCH_CHECK_VALUE(a.ctil.has_value(), "rnnfused: the LSTM's backward needs ctil");
     if (plan.zoneout_c()) {
       check_shape(*a.ctil, "ctil (workspace)", {plan.T, plan.B, plan.H});
       check_like(*a.ctil, "ctil", a.input);
@@ -237,6 +267,16 @@ LayerOutputs finish_forward(const LayerPlan& plan, bool need_workspace, Tensor o
   return out;
 }
 
+void finish_forward_ln(bool need_workspace, LayerOutputs& out, Tensor norm_x, Tensor norm_h,
+                       Tensor norm_c, Tensor rstd) {
+  const auto opts = out.output.options();
+  auto kept = [&](Tensor t) { return need_workspace ? std::move(t) : at::empty({0}, opts); };
+  out.norm_x = kept(std::move(norm_x));
+  out.norm_h = kept(std::move(norm_h));
+  out.norm_c = kept(std::move(norm_c));
+  out.rstd = kept(std::move(rstd));
+}
+
 LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks& seq,
                                       const Tensor& input, const Tensor& weight_ih,
                                       const Tensor& da_ih, const Tensor& da_hh, const Tensor& hs,
@@ -292,6 +332,21 @@ GruForwardResult gru_forward_result(LayerOutputs o) {
 GruBackwardResult gru_backward_result(LayerGrads g) {
   return {std::move(g.grad_input),     std::move(g.grad_h0),      std::move(g.grad_weight_ih),
           std::move(g.grad_weight_hh), std::move(g.grad_bias_ih), std::move(g.grad_bias_hh)};
+}
+
+LnLstmForwardResult ln_lstm_forward_result(LayerOutputs o) {
+  return {std::move(o.output), std::move(o.h_n),    std::move(o.c_n),    std::move(o.gates),
+          std::move(o.hs),     std::move(o.cs),     std::move(o.norm_x), std::move(o.norm_h),
+          std::move(o.norm_c), std::move(o.rstd)};
+}
+
+LnLstmBackwardResult ln_lstm_backward_result(LayerGrads g) {
+  return {std::move(g.grad_input),        std::move(g.grad_h0),
+          std::move(g.grad_c0),           std::move(g.grad_weight_ih),
+          std::move(g.grad_weight_hh),    std::move(g.grad_bias_ih),
+          std::move(g.grad_weight_hr),    std::move(g.grad_ln_weight_ih),
+          std::move(g.grad_ln_weight_hh), std::move(g.grad_ln_weight_c),
+          std::move(g.grad_ln_bias_c)};
 }
 
 std::vector<Tensor> layer_masks(int64_t gates, int64_t seed, int64_t T, int64_t B, int64_t I,

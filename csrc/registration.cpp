@@ -1,4 +1,4 @@
-// The op schemas (TORCH_LIBRARY) of the LSTM and GRU layer ops and the Python module rnnfused._C
+// The op schemas (TORCH_LIBRARY) of the LSTM, GRU and LN-LSTM layer ops and the Python module rnnfused._C
 // (SPEC §5).
 //
 // The CPU and CUDA files register their kernels for these schemas under the same names;
@@ -31,6 +31,22 @@ TORCH_LIBRARY(rnnfused, m) {
       "float[] rates, Tensor gates, Tensor hs, bool has_bias) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, "
       "Tensor grad_bias_hh)");
+  m.def(
+      "ln_lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor ln_weight_ih, "
+      "Tensor ln_weight_hh, Tensor ln_weight_c, Tensor ln_bias_c, Tensor? lengths, Tensor seed, "
+      "int layer, bool reverse, bool training, float[] rates, bool need_workspace) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor hs, Tensor cs, "
+      "Tensor norm_x, Tensor norm_h, Tensor norm_c, Tensor rstd)");
+  m.def(
+      "ln_lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, Tensor ln_weight_ih, "
+      "Tensor ln_weight_hh, Tensor ln_weight_c, Tensor ln_bias_c, Tensor? lengths, Tensor seed, "
+      "int layer, bool reverse, bool training, float[] rates, Tensor gates, Tensor hs, Tensor cs, "
+      "Tensor norm_x, Tensor norm_h, Tensor norm_c, Tensor rstd, bool has_bias) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, "
+      "Tensor grad_weight_hh, Tensor grad_bias, Tensor grad_weight_hr, Tensor grad_ln_weight_ih, "
+      "Tensor grad_ln_weight_hh, Tensor grad_ln_weight_c, Tensor grad_ln_bias_c)");
 }
 
 namespace {

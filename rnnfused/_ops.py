@@ -2,8 +2,10 @@
 
 The schemas and the CPU/CUDA kernels are registered in C++ (csrc/registration.cpp); this file
 adds what torch.compile and autograd need, following pytorch/extension-cpp:
-  lstm_forward, gru_forward   -> fake impl, autograd formula calling the matching backward op
-  lstm_backward, gru_backward -> fake impl, and an autograd formula that refuses double backward
+  lstm_forward, gru_forward, ln_lstm_forward
+      -> fake impl, autograd formula calling the matching backward op
+  lstm_backward, gru_backward, ln_lstm_backward
+      -> fake impl, and an autograd formula that refuses double backward
 """
 import torch
 
@@ -23,6 +25,8 @@ lstm_forward = torch.ops.rnnfused.lstm_forward
 lstm_backward = torch.ops.rnnfused.lstm_backward
 gru_forward = torch.ops.rnnfused.gru_forward
 gru_backward = torch.ops.rnnfused.gru_backward
+ln_lstm_forward = torch.ops.rnnfused.ln_lstm_forward
+ln_lstm_backward = torch.ops.rnnfused.ln_lstm_backward
 
 # Index of zoneout_c in the rates list: the only rate that changes the workspace's shape.
 _ZONEOUT_C = 4
@@ -78,6 +82,21 @@ def _gru_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths
     return input.new_empty((T, B, R)), input.new_empty((B, R)), gates, hs
 
 
+@torch.library.register_fake("rnnfused::ln_lstm_forward")
+def _ln_lstm_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                          ln_weight_ih, ln_weight_hh, ln_weight_c, ln_bias_c, lengths, seed, layer,
+                          reverse, training, rates, need_workspace):
+    _check_devices(input, h0=h0, c0=c0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                   bias_hh=bias_hh, weight_hr=weight_hr, ln_weight_ih=ln_weight_ih,
+                   ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c)
+    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
+    gates, hs, cs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=True)
+    shapes = [(T, B, 4 * H), (T, B, 4 * H), (T, B, H), (T, B, 3)]
+    norms = [input.new_empty(shape if need_workspace else (0,)) for shape in shapes]
+    return (input.new_empty((T, B, R)), input.new_empty((B, R)), input.new_empty((B, H)), gates, hs,
+            cs, *norms)
+
+
 def _bias_fake(input, weight_ih, has_bias):
     return input.new_empty((weight_ih.shape[0],) if has_bias else (0,))
 
@@ -105,7 +124,19 @@ def _gru_backward_fake(grad_output, grad_h_n, input, weight_ih, weight_hh, lengt
             _bias_fake(input, weight_ih, has_bias))
 
 
-# -- autograd: one formula shape for both cells -----------------------------------------------
+@torch.library.register_fake("rnnfused::ln_lstm_backward")
+def _ln_lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, weight_hr,
+                           ln_weight_ih, ln_weight_hh, ln_weight_c, ln_bias_c, lengths, seed, layer,
+                           reverse, training, rates, gates, hs, cs, norm_x, norm_h, norm_c, rstd,
+                           has_bias):
+    return _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh,
+                               weight_hr, lengths, seed, layer, reverse, training, rates, gates, hs,
+                               cs, None, has_bias) + (
+        torch.empty_like(ln_weight_ih), torch.empty_like(ln_weight_hh),
+        torch.empty_like(ln_weight_c), torch.empty_like(ln_bias_c))
+
+
+# -- autograd: one formula shape for the cells -----------------------------------------------
 
 def _keep_call(ctx, layer, reverse, training, rates, has_bias, need_workspace):
     ctx.layer, ctx.reverse, ctx.training, ctx.rates = layer, reverse, training, list(rates)
@@ -152,6 +183,35 @@ def _lstm_backward_formula(ctx, grad_output, grad_h_n, grad_c_n, *_workspace_gra
             grad_bias_hh, grad_weight_hr) + (None,) * 7
 
 
+def _ln_lstm_setup_context(ctx, inputs, output):
+    (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, ln_weight_ih, ln_weight_hh,
+     ln_weight_c, ln_bias_c, lengths, seed, layer, reverse, training, rates,
+     need_workspace) = inputs
+    gates, hs, cs, norm_x, norm_h, norm_c, rstd = output[3:]
+    ctx.save_for_backward(input, weight_ih, weight_hh, weight_hr, ln_weight_ih, ln_weight_hh,
+                          ln_weight_c, ln_bias_c, lengths, seed, gates, hs, cs, norm_x, norm_h,
+                          norm_c, rstd)
+    _keep_call(ctx, layer, reverse, training, rates, bias_ih is not None, need_workspace)
+
+
+def _ln_lstm_backward_formula(ctx, grad_output, grad_h_n, grad_c_n, *_workspace_grads):
+    _check_workspace(ctx)
+    (input, weight_ih, weight_hh, weight_hr, ln_weight_ih, ln_weight_hh, ln_weight_c, ln_bias_c,
+     lengths, seed, gates, hs, cs, norm_x, norm_h, norm_c, rstd) = ctx.saved_tensors
+    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
+    (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr,
+     *grad_ln) = ln_lstm_backward(
+        _or_zeros(grad_output, input, (T, B, R)), _or_zeros(grad_h_n, input, (B, R)),
+        _or_zeros(grad_c_n, input, (B, H)), input, weight_ih, weight_hh, weight_hr, ln_weight_ih,
+        ln_weight_hh, ln_weight_c, ln_bias_c, lengths, seed, ctx.layer, ctx.reverse, ctx.training,
+        ctx.rates, gates, hs, cs, norm_x, norm_h, norm_c, rstd, ctx.has_bias)
+    grad_bias_ih = grad_bias if ctx.has_bias else None
+    grad_bias_hh = grad_bias.clone() if ctx.has_bias else None
+    grad_weight_hr = grad_weight_hr if weight_hr is not None else None
+    return (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih,
+            grad_bias_hh, grad_weight_hr, *grad_ln) + (None,) * 7
+
+
 def _gru_setup_context(ctx, inputs, output):
     (input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, seed, layer, reverse, training,
      rates, need_workspace) = inputs
@@ -189,7 +249,9 @@ torch.library.register_autograd("rnnfused::lstm_forward", _lstm_backward_formula
                                 setup_context=_lstm_setup_context)
 torch.library.register_autograd("rnnfused::gru_forward", _gru_backward_formula,
                                 setup_context=_gru_setup_context)
-for _name in ("rnnfused::lstm_backward", "rnnfused::gru_backward"):
+torch.library.register_autograd("rnnfused::ln_lstm_forward", _ln_lstm_backward_formula,
+                                setup_context=_ln_lstm_setup_context)
+for _name in ("rnnfused::lstm_backward", "rnnfused::gru_backward", "rnnfused::ln_lstm_backward"):
     torch.library.register_autograd(_name, _backward_backward,
                                     setup_context=_backward_setup_context)
 

@@ -121,7 +121,9 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
                lengths: Union[Tensor, Sequence[int], None] = None, input_dropout: float = 0.0,
                recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
                candidate_dropout: float = 0.0, zoneout_c: float = 0.0, zoneout_h: float = 0.0,
-               generator: Optional[torch.Generator] = None):
+               generator: Optional[torch.Generator] = None, ln_weight_ih: Optional[Tensor] = None,
+               ln_weight_hh: Optional[Tensor] = None, ln_weight_c: Optional[Tensor] = None,
+               ln_bias_c: Optional[Tensor] = None):
     """One LSTM layer over a whole sequence, with the regularizers of SPEC §2 applied inside the
     recurrence. Returns (output (T, B, R), h_n (B, R), c_n (B, H)).
 
@@ -133,16 +135,30 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
     runs sample b over its first lengths[b] positions only: the output is 0 past them and h_n/c_n
     are the state after the sample's own last step. In evaluation (`training=False`) dropout and
     weight drop are the identity and zoneout takes its expectation.
+
+    The layer-normalized LSTM (SPEC §2c) runs when the four LN parameters are given:
+    `ln_weight_ih`, `ln_weight_hh` (4H,) the gains of LN(W_ih x̂_t) and LN(Ŵ_hh ĥ_{t-1}),
+    `ln_weight_c`, `ln_bias_c` (H,) the gain and bias of LN(c̃_t) where it enters h. Its masks are
+    the LSTM's (`lstm_masks`).
     """
     rates = [check_rate(n, v) for n, v in zip(RATE_NAMES, (
         input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_c, zoneout_h))]
+    ln = dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
+              ln_bias_c=ln_bias_c)
+    given = [name for name, t in ln.items() if t is not None]
+    if given and len(given) != len(ln):
+        missing = ", ".join(name for name in ln if name not in given)
+        raise ValueError(f"rnnfused: the layer-normalized LSTM needs all four LN parameters; "
+                         f"{', '.join(given)} given without {missing}")
+    named = dict(input=input, h0=h0, c0=c0, weight_ih=weight_ih, weight_hh=weight_hh,
+                 bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr)
+    if given:
+        named.update(ln)
     tensors, seed_t, lengths_t, need_workspace = _call_setup(
-        dict(input=input, h0=h0, c0=c0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
-             bias_hh=bias_hh, weight_hr=weight_hr), rates,
-        seed=seed, training=training, generator=generator, lengths=lengths)
-    output, h_n, c_n = _ops.lstm_forward(
-        *tensors, lengths_t, seed_t, int(layer), bool(reverse), bool(training), rates,
-        need_workspace)[:3]
+        named, rates, seed=seed, training=training, generator=generator, lengths=lengths)
+    op = _ops.ln_lstm_forward if given else _ops.lstm_forward
+    output, h_n, c_n = op(*tensors, lengths_t, seed_t, int(layer), bool(reverse), bool(training),
+                          rates, need_workspace)[:3]
     return output, h_n, c_n
 
 
