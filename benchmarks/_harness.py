@@ -23,14 +23,20 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
           "float64": torch.float64}
 
 
+# --cell values that name several cells, in the order they are timed.
+CELL_GROUPS = {"both": ["lstm", "gru"], "all": list(variants.CELLS)}
+
+
 def add_cell_argument(parser, default: str) -> None:
-    """The scripts' --cell option: lstm, gru or both (the LSTM first)."""
-    parser.add_argument("--cell", choices=["lstm", "gru", "both"], default=default,
-                        help=f"which cell's variants to time: lstm, gru or both, the LSTM first (default: {default})")
+    """The scripts' --cell option: one cell (lstm, gru, lnlstm), both (LSTM and GRU) or all three."""
+    parser.add_argument("--cell", choices=list(variants.CELLS) + list(CELL_GROUPS), default=default,
+                        help="which cell's variants to time: lstm, gru, lnlstm (the layer-normalized LSTM, "
+                        "against nn.LSTM), both (lstm and gru) or all, the LSTM first "
+                        f"(default: {default})")
 
 
 def cells_of(arg: str) -> list[str]:
-    return ["lstm", "gru"] if arg == "both" else [arg]
+    return CELL_GROUPS.get(arg, [arg])
 
 
 def results_path(args, device: torch.device, default_cell: str, tail: str = "") -> str:

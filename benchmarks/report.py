@@ -8,8 +8,9 @@ Every figure comes from the JSON files; nothing here is typed by hand. The READM
 between `<!-- perf:begin -->` and `<!-- perf:end -->`; without README.md or the markers it is printed.
 
 One table and one plot per cell: each row carries its cell ("lstm" when the file predates the field) and
-is compared with that cell's torch module (nn.LSTM, nn.GRU). The plot of a file's first cell (the LSTM
-first) is `<stem>.png`, the next one's `<stem>-gru.png`; the .md holds every cell's table.
+is compared with that cell's torch module (nn.LSTM, nn.GRU; nn.LSTM for the layer-normalized LSTM,
+"lnlstm"). The plot of a file's first cell (the LSTM first) is `<stem>.png`, the next ones'
+`<stem>-<cell>.png`; the .md holds every cell's table.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from _readme import replace_section  # noqa: E402
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
-CELL_NAMES = {"lstm": "LSTM", "gru": "GRU"}
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "lnlstm": "LN-LSTM"}
+# A cell's baseline where it is not nn.<its name>: the layer-normalized LSTM is compared with nn.LSTM.
+BASELINES = {"lnlstm": "nn.LSTM"}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COLORS = {"nn.LSTM": "#4c72b0", "nn.GRU": "#4c72b0", "rnnfused": "#55a868", "rnnfused-reg": "#2a7a3b",
           "cell-loop-reg": "#c44e52", "compile-loop-reg": "#dd8452", "haste-reg": "#8172b3"}
@@ -52,7 +55,7 @@ def cells(data: dict) -> list[str]:
 
 
 def baseline(cell: str) -> str:
-    return f"nn.{CELL_NAMES.get(cell, cell.upper())}"
+    return BASELINES.get(cell, f"nn.{CELL_NAMES.get(cell, cell.upper())}")
 
 
 def of_cell(rows: list[dict], cell: str) -> list[dict]:
@@ -83,8 +86,10 @@ def _ms(stat: dict | None) -> str:
 
 
 def ratio(row: dict, mode: str) -> float | None:
-    """The row's median over its cell's baseline median (field vs_nn_lstm / vs_nn_gru)."""
-    return row.get(f"vs_nn_{cell_of(row)}", {}).get(mode)
+    """The row's median over its cell's baseline median (field vs_nn_lstm / vs_nn_gru, named after
+    the baseline: the LN-LSTM's rows carry vs_nn_lstm)."""
+    key = "vs_" + baseline(cell_of(row)).replace(".", "_").lower()
+    return row.get(key, {}).get(mode)
 
 
 def _ratio(row: dict, mode: str) -> str:

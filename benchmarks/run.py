@@ -3,11 +3,13 @@
     python3 benchmarks/run.py --device cpu                 # the committed CPU numbers, LSTM and GRU
     python3 benchmarks/run.py --device cuda                # the committed GPU numbers
     python3 benchmarks/run.py --device cpu --quick --cell gru --out /tmp/bench
+    python3 benchmarks/run.py --device cpu --cell lnlstm   # the layer-normalized LSTM against nn.LSTM
 
-Every configuration is timed once per cell (--cell lstm, gru or both), each cell's variants against its
-own torch module. Writes <out>/<device>-<name>-<date>[-<cell>].json (its schema is in
-benchmarks/README.md; rewritten after every configuration, so a run cut short keeps what it measured),
-plus the Markdown tables (.md) and one plot per cell (.png) that report.py renders from it.
+Every configuration is timed once per cell (--cell lstm, gru, lnlstm, both = lstm and gru, or all),
+each cell's variants against its own torch module (the LN-LSTM's: the plain nn.LSTM). Writes
+<out>/<device>-<name>-<date>[-<cell>].json (its schema is in benchmarks/README.md; rewritten after every
+configuration, so a run cut short keeps what it measured), plus the Markdown tables (.md) and one plot
+per cell (.png) that report.py renders from it.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Scaling study: forward+backward time per time step as T, B and H grow, one at a time.
 
-    python3 benchmarks/scaling.py --device cpu [--quick] [--out DIR] [--cell lstm|gru|both]
+    python3 benchmarks/scaling.py --device cpu [--quick] [--out DIR] [--cell lstm|gru|lnlstm|both|all]
     python3 benchmarks/scaling.py --device cuda
 
 Each sweep changes one size of a base configuration (H sweeps set I = H) and times the cell's torch
-module (nn.LSTM / nn.GRU), rnnfused, rnnfused-reg and cell-loop-reg on it, interleaved, as run.py does.
-Only the LSTM by default (--cell gru or both adds the GRU, and doubles the time). Writes
+module (nn.LSTM / nn.GRU; nn.LSTM for the LN-LSTM), rnnfused, rnnfused-reg and cell-loop-reg on it,
+interleaved, as run.py does. Only the LSTM by default (--cell gru, lnlstm, both or all add the others,
+each one more run's time). Writes
 <out>/<device>-<name>-<date>[-<cell>]-scaling.json plus the tables (.md) and, per cell, one PNG with
 three log-log panels.
 """

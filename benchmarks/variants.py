@@ -1,10 +1,14 @@
-"""The implementations the benchmarks compare, per cell (LSTM, GRU), all built from one set of weights.
+"""The implementations the benchmarks compare, per cell (LSTM, GRU, LN-LSTM), all built from one set of
+weights.
 
 A cell (`CELLS`) names its torch module (`nn.LSTM` / `nn.GRU`), whose freshly seeded instance is the
-reference every variant copies its weights from, and the baseline the others are compared with. Each
-builder takes that reference and the cell and returns a module with the torch module's call signature
-(`module(x) -> (output, state)`, time-major input), or raises `Unavailable` with a reason that the
-scripts record in their JSON. The regularized variants use SPEC §7's rates (`REG`) for both cells.
+reference every variant copies its weights from, and the baseline the others are compared with. The
+layer-normalized LSTM (SPEC §2c, key `lnlstm`) has no torch module: its baseline is the plain nn.LSTM,
+the fastest thing a user has, and its variants get the weights of that nn.LSTM plus layer-norm gains at
+their initial values. Each builder takes that reference and the cell and returns a module with the torch
+module's call signature (`module(x) -> (output, state)`, time-major input), or raises `Unavailable` with
+a reason that the scripts record in their JSON. The regularized variants use SPEC §7's rates (`REG`)
+for every cell.
 """
 from __future__ import annotations
 
@@ -28,54 +32,99 @@ class Unavailable(Exception):
     """A variant that cannot run here (library not installed, dtype not supported, ...)."""
 
 
-def _lstm_step(x, h_in, rest, w_ih, w_hh, b_ih, b_hh):
-    return torch._VF.lstm_cell(x, (h_in, rest[0]), w_ih, w_hh, b_ih, b_hh)
+LN_EPS = 1e-5  # SPEC §2c's epsilon, the one F.layer_norm uses by default
 
 
-def _gru_step(x, h_in, rest, w_ih, w_hh, b_ih, b_hh):
-    return (torch._VF.gru_cell(x, h_in, w_ih, w_hh, b_ih, b_hh),)
+class LayerNormLSTMCell(nn.Module):
+    """The layer-normalized LSTM cell as users write it (Ba et al. 2016; SPEC §2c): nn.LSTMCell's
+    parameters plus the gains of the two GEMM terms' layer norms and the gain and bias of the cell's."""
+
+    def __init__(self, input_size, hidden_size, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        lstm = nn.LSTMCell(input_size, hidden_size, **kw)  # torch's parameters and initialisation
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih, self.weight_hh = lstm.weight_ih, lstm.weight_hh
+        self.bias_ih, self.bias_hh = lstm.bias_ih, lstm.bias_hh
+        self.ln_weight_ih = nn.Parameter(torch.ones(4 * hidden_size, **kw))
+        self.ln_weight_hh = nn.Parameter(torch.ones(4 * hidden_size, **kw))
+        self.ln_weight_c = nn.Parameter(torch.ones(hidden_size, **kw))
+        self.ln_bias_c = nn.Parameter(torch.zeros(hidden_size, **kw))
+
+
+def _lstm_step(cell, x, h_in, rest, w_hh):
+    return torch._VF.lstm_cell(x, (h_in, rest[0]), cell.weight_ih, w_hh, cell.bias_ih, cell.bias_hh)
+
+
+def _gru_step(cell, x, h_in, rest, w_hh):
+    return (torch._VF.gru_cell(x, h_in, cell.weight_ih, w_hh, cell.bias_ih, cell.bias_hh),)
+
+
+def _ln_lstm_step(cell, x, h_in, rest, w_hh):
+    G, H = cell.weight_ih.shape[0], cell.hidden_size
+    a = (F.layer_norm(x @ cell.weight_ih.t(), (G,), cell.ln_weight_ih, None, LN_EPS)
+         + F.layer_norm(h_in @ w_hh.t(), (G,), cell.ln_weight_hh, None, LN_EPS)
+         + cell.bias_ih + cell.bias_hh)
+    i, f, g, o = a.chunk(4, 1)
+    c = torch.sigmoid(f) * rest[0] + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,), cell.ln_weight_c, cell.ln_bias_c, LN_EPS))
+    return h, c
 
 
 @dataclass(frozen=True)
 class Cell:
     """One recurrent cell: the name torch, rnnfused and haste_pytorch give it, its state and its step."""
-    key: str            # "lstm" | "gru": the --cell value and the "cell" field of the JSON rows
-    name: str           # "LSTM" | "GRU": the class name in torch.nn, rnnfused and haste_pytorch
+    key: str            # "lstm" | "gru" | "lnlstm": the --cell value and the "cell" field of the JSON rows
+    name: str           # "LSTM" | "GRU": the class name in torch.nn and rnnfused (the LN-LSTM's is "LSTM")
     state: tuple        # names of the state tensors, h first: ("h", "c") | ("h",)
-    step: Callable      # (x_t, h_in, rest of the state, w_ih, w_hh, b_ih, b_hh) -> new state tuple
+    step: Callable      # (loop cell module, x_t, h_in, rest of the state, dropped w_hh) -> new state tuple
+    layer_norm: bool = False   # rnnfused.LSTM(layer_norm=True); the loop uses LayerNormLSTMCell
+
+    @property
+    def haste_name(self) -> str:
+        """haste_pytorch's class: 'LSTM' | 'GRU' | 'LayerNormLSTM'."""
+        return "LayerNorm" + self.name if self.layer_norm else self.name
 
     @property
     def baseline(self) -> str:
-        """The variant every other one is compared with: 'nn.LSTM' | 'nn.GRU'."""
+        """The variant every other one is compared with: 'nn.LSTM' (also for the LN-LSTM) | 'nn.GRU'."""
         return f"nn.{self.name}"
 
     @property
     def ratio_key(self) -> str:
-        """The rows' ratio field: 'vs_nn_lstm' | 'vs_nn_gru'."""
-        return f"vs_nn_{self.key}"
+        """The rows' ratio field, named after the baseline: 'vs_nn_lstm' | 'vs_nn_gru'."""
+        return f"vs_nn_{self.name.lower()}"
+
+    def loop_cell(self, input_size, hidden_size, **factory) -> nn.Module:
+        """The cell module of the Python loop: nn.LSTMCell | nn.GRUCell | LayerNormLSTMCell."""
+        if self.layer_norm:
+            return LayerNormLSTMCell(input_size, hidden_size, **factory)
+        return getattr(nn, self.name + "Cell")(input_size, hidden_size, **factory)
 
 
 CELLS = {"lstm": Cell("lstm", "LSTM", ("h", "c"), _lstm_step),
-         "gru": Cell("gru", "GRU", ("h",), _gru_step)}
+         "gru": Cell("gru", "GRU", ("h",), _gru_step),
+         "lnlstm": Cell("lnlstm", "LSTM", ("h", "c"), _ln_lstm_step, layer_norm=True)}
 
 
 class CellLoop(nn.Module):
-    """What users write today: `nn.LSTMCell` / `nn.GRUCell` in a Python loop with AWD-LSTM-style
-    regularizers.
+    """What users write today: `nn.LSTMCell` / `nn.GRUCell` / a layer-normalized LSTM cell in a Python
+    loop with AWD-LSTM-style regularizers.
 
     Variational (locked) dropout on the input and on h with one `torch.bernoulli` mask per sequence,
     weight drop as `F.dropout` on W_hh once per forward (AWD-LSTM's WeightDrop) fed to the functional
-    cell (`torch._VF.lstm_cell` / `gru_cell`), and zoneout on every state tensor (c and h; h for the
-    GRU) with fresh Bernoulli masks every step. The LSTM's is SPEC §2's math; the GRU's differs from
-    SPEC §2b in one term: `nn.GRUCell` takes one h, so the masked h also enters `z ⊙ h_{t-1}` (the same
-    work, which is what the timing compares).
+    cell (`torch._VF.lstm_cell` / `gru_cell`, or the LN-LSTM's step: `F.layer_norm` on both GEMM terms
+    and on the new cell), and zoneout on every state tensor (c and h; h for the GRU) with fresh
+    Bernoulli masks every step. The LSTM's and the LN-LSTM's are SPEC §2's and §2c's math; the GRU's
+    differs from SPEC §2b in one term: `nn.GRUCell` takes one h, so the masked h also enters
+    `z ⊙ h_{t-1}` (the same work, which is what the timing compares).
     """
 
     def __init__(self, cell: Cell, input_size, hidden_size, *, zoneout=0.0, input_dropout=0.0,
                  recurrent_dropout=0.0, weight_drop=0.0, device=None, dtype=None):
         super().__init__()
         self.kind = cell
-        self.cell = getattr(nn, cell.name + "Cell")(input_size, hidden_size, device=device, dtype=dtype)
+        self.cell = cell.loop_cell(input_size, hidden_size, device=device, dtype=dtype)
         self.zoneout = zoneout
         self.input_dropout = input_dropout
         self.recurrent_dropout = recurrent_dropout
@@ -103,7 +152,7 @@ class CellLoop(nn.Module):
         outputs = []
         for t in range(T):
             h_in = state[0] * mh if mh is not None else state[0]
-            new = self.kind.step(x[t], h_in, state[1:], cell.weight_ih, w_hh, cell.bias_ih, cell.bias_hh)
+            new = self.kind.step(cell, x[t], h_in, state[1:], w_hh)
             if z and self.training:
                 keep = [torch.bernoulli(torch.full_like(s, z)) for s in state]
                 state = tuple(k * s + (1 - k) * n for k, s, n in zip(keep, state, new))
@@ -164,9 +213,14 @@ def build_baseline(ref: nn.Module, cell: Cell, **_) -> nn.Module:
 
 def build_rnnfused(ref: nn.Module, cell: Cell, *, regularized=False, **_) -> nn.Module:
     w = ref.weight_ih_l0
-    m = _rnnfused(cell)(ref.input_size, ref.hidden_size, device=w.device, dtype=w.dtype,
-                        **(REG if regularized else {}))
-    m.load_state_dict(ref.state_dict())
+    module = _rnnfused(cell)
+    options = dict(REG if regularized else {})
+    if cell.layer_norm:
+        if not hasattr(torch.ops.rnnfused, "ln_lstm_forward"):  # a build that predates SPEC §2c
+            raise Unavailable("this rnnfused has no layer-normalized LSTM (torch.ops.rnnfused.ln_lstm_forward)")
+        options["layer_norm"] = True
+    m = module(ref.input_size, ref.hidden_size, device=w.device, dtype=w.dtype, **options)
+    m.load_state_dict(ref.state_dict(), strict=not cell.layer_norm)  # the LN gains stay at 1 and 0
     return m
 
 
@@ -176,11 +230,12 @@ def build_cell_loop(ref: nn.Module, cell: Cell, **_) -> nn.Module:
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(m.cell, name).copy_(getattr(ref, name + "_l0"))
-    return m
+    return m  # the LN-LSTM cell's gains keep their initial values, as rnnfused's do
 
 
 def build_haste(ref: nn.Module, cell: Cell, **_) -> nn.Module:
-    """Haste's fused LSTM / GRU with its own regularizers: zoneout (0.1) and DropConnect on W_hh (0.5).
+    """Haste's fused LSTM / GRU / LayerNormLSTM with its own regularizers: zoneout (0.1) and
+    DropConnect on W_hh (0.5).
 
     Haste has no input or recurrent dropout, so this variant does somewhat less work than the others.
     """
@@ -189,8 +244,8 @@ def build_haste(ref: nn.Module, cell: Cell, **_) -> nn.Module:
     except Exception as e:
         raise Unavailable(f"haste_pytorch not importable ({type(e).__name__}: {e})") from None
     w = ref.weight_ih_l0
-    m = getattr(haste_pytorch, cell.name)(ref.input_size, ref.hidden_size, zoneout=REG["zoneout"],
-                                          dropout=REG["weight_drop"])
+    m = getattr(haste_pytorch, cell.haste_name)(ref.input_size, ref.hidden_size, zoneout=REG["zoneout"],
+                                                dropout=REG["weight_drop"])
     return m.to(device=w.device, dtype=w.dtype)
 
 
@@ -201,7 +256,7 @@ def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtyp
     if device.type == "cuda":
         return f"cuDNN {torch.backends.cudnn.version()}" if torch.backends.cudnn.enabled else "native"
     # ATen sends only the LSTM to oneDNN (aten::mkldnn_rnn_layer); nn.GRU runs ATen's own loop.
-    if cell.key == "lstm" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
+    if cell.name == "LSTM" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
         return "oneDNN"
     return "native (ATen)"
 
@@ -209,13 +264,18 @@ def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtyp
 def variants(cell: Cell) -> dict[str, tuple[Callable, dict, str]]:
     """name -> (builder, keyword arguments, one-line description for the JSON), the baseline first."""
     n = cell.name
+    ln = "layer_norm=True" if cell.layer_norm else ""
+    loop = ("a layer-normalized LSTM cell (F.layer_norm on both GEMM terms and on c)" if cell.layer_norm
+            else f"nn.{n}Cell")
     return {
         cell.baseline: (build_baseline, {}, f"torch.nn.{n}, no regularization ({nn_backend(cell)})"),
-        "rnnfused": (build_rnnfused, {}, f"rnnfused.{n}, every rate 0"),
-        "rnnfused-reg": (build_rnnfused, {"regularized": True}, f"rnnfused.{n}({REG})"),
-        "cell-loop-reg": (build_cell_loop, {}, f"Python loop over nn.{n}Cell with {REG}"),
+        "rnnfused": (build_rnnfused, {}, f"rnnfused.{n}{f'({ln})' if ln else ''}, every rate 0"),
+        "rnnfused-reg": (build_rnnfused, {"regularized": True},
+                         f"rnnfused.{n}({ln + ', ' if ln else ''}{REG})"),
+        "cell-loop-reg": (build_cell_loop, {}, f"Python loop over {loop} with {REG}"),
         "compile-loop-reg": (build_cell_loop, {}, "cell-loop-reg under torch.compile"),
-        "haste-reg": (build_haste, {}, f"haste_pytorch.{n}(zoneout=0.1, dropout=0.5 DropConnect on W_hh)"),
+        "haste-reg": (build_haste, {}, f"haste_pytorch.{cell.haste_name}(zoneout=0.1, dropout=0.5 "
+                      "DropConnect on W_hh)"),
     }
 
 

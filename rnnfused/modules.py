@@ -4,9 +4,9 @@ inside the recurrence (SPEC §2, §2b, §4).
 The ladder's top rungs live here: `RNNBase` holds the stack over layers and directions, the
 parameters (nn.LSTM's and nn.GRU's names, shapes, initialisation and state_dict keys, so weights
 move between the two both ways), the per-layer rates, the hx checks and the packed / unbatched /
-batch-first handling. `LSTM` and `GRU` only name their gate count, their state, their rates and
-the per-(layer, direction) call: one fused layer op, `rnnfused.functional.lstm_layer` /
-`gru_layer`.
+batch-first handling. `LSTM` and `GRU` only name their gate count, their state, their rates, any
+parameters of their own beyond torch's (the LSTM's layer-norm gains, SPEC §2c) and the
+per-(layer, direction) call: one fused layer op, `rnnfused.functional.lstm_layer` / `gru_layer`.
 
 They are nn.Modules rather than nn.LSTM / nn.GRU subclasses on purpose: torch.compile refuses to
 trace anything that is an instance of torch's RNN modules, and tracing without graph breaks is one
@@ -35,7 +35,8 @@ class RNNBase(nn.Module):
     `rate_names` (the per-layer rates, spelled as the layer function's keywords), the constructor
     argument each rate comes from where that differs (`rate_arguments`), and implements
     `_layer` (one layer, one direction), `_hx_tensors` and `_as_hx` (its state as torch's modules
-    take and return it) and `_state_sizes`.
+    take and return it) and `_state_sizes`; `_extra_parameters` names the parameters it has
+    beyond torch's module (none by default).
     """
 
     mode: ClassVar[str]
@@ -116,6 +117,7 @@ class RNNBase(nn.Module):
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
                 if self.proj_size > 0:
                     shapes += [("weight_hr", (self.proj_size, self.hidden_size))]
+                shapes += [(kind, shape) for kind, (shape, _) in self._extra_parameters().items()]
                 names = []
                 for kind, shape in shapes:
                     name = f"{kind}_l{layer}{suffix}"
@@ -127,10 +129,16 @@ class RNNBase(nn.Module):
     # -- torch's RNN surface ------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """torch's initialisation: U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for all."""
+        """torch's initialisation: U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for torch's
+        parameters; the extra ones (`_extra_parameters`) get their constant."""
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        constants = {kind: value for kind, (_, value) in self._extra_parameters().items()}
+        for name, weight in self.named_parameters():
+            kind = name.split("_l")[0]
+            if kind in constants:
+                nn.init.constant_(weight, constants[kind])
+            else:
+                nn.init.uniform_(weight, -stdv, stdv)
 
     def flatten_parameters(self) -> None:
         """A no-op: the fused kernels read the parameters where they are."""
@@ -181,7 +189,8 @@ class RNNBase(nn.Module):
         ref = next(module.parameters())
         config = {name: getattr(module, name) for name in cls._config_names}
         model = cls(**config, device=ref.device, dtype=ref.dtype, **rates)
-        model.load_state_dict(module.state_dict())
+        # Parameters beyond torch's module (layer-norm gains) keep their initial values.
+        model.load_state_dict(module.state_dict(), strict=not model._extra_parameters())
         model.train(module.training)
         return model
 
@@ -196,6 +205,12 @@ class RNNBase(nn.Module):
         return module
 
     # -- what a subclass says about its cell ----------------------------------------------------
+
+    def _extra_parameters(self) -> Dict[str, Tuple[Tuple[int, ...], float]]:
+        """{kind: (shape, initial value)} of the parameters each layer and direction has beyond
+        torch's module, in order (named `<kind>_l{k}[_reverse]`, after torch's); passed to
+        `_layer` by kind like the others."""
+        return {}
 
     def _state_sizes(self) -> Dict[str, int]:
         """{name of each initial-state tensor: its last size}, in the layer function's order."""
@@ -343,6 +358,14 @@ class LSTM(RNNBase):
 
     In evaluation mode dropout and weight drop are the identity and zoneout takes its expectation.
     ``dropout`` keeps nn.LSTM's meaning: ordinary dropout on each layer's output but the last.
+
+    ``layer_norm=True`` makes it the layer-normalized LSTM (Ba, Kiros & Hinton, 2016; SPEC §2c):
+    the two GEMM terms W_ih x̂_t and Ŵ_hh ĥ_{t-1} are each normalized over their 4H
+    pre-activations (then scaled by ``ln_weight_ih_l{k}`` / ``ln_weight_hh_l{k}``, 4H, and the
+    biases added), and the new cell is normalized where it enters h (scaled by
+    ``ln_weight_c_l{k}`` and shifted by ``ln_bias_c_l{k}``, H); the carried cell is not. The gains
+    start at 1 and the shift at 0. nn.LSTM has no equivalent: ``to_lstm()`` refuses such a module,
+    and an nn.LSTM state_dict loads with ``strict=False`` (the gains keep their values).
     """
 
     mode = "LSTM"
@@ -355,11 +378,14 @@ class LSTM(RNNBase):
                  proj_size: int = 0, device=None, dtype=None, *, zoneout: Rate = 0.0,
                  zoneout_c: Optional[Rate] = None, zoneout_h: Optional[Rate] = None,
                  input_dropout: Rate = 0.0, recurrent_dropout: Rate = 0.0, weight_drop: Rate = 0.0,
-                 candidate_dropout: Rate = 0.0):
+                 candidate_dropout: Rate = 0.0, layer_norm: bool = False):
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"rnnfused.LSTM: layer_norm must be a bool, got {type(layer_norm).__name__}")
         rates = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
                      weight_drop=weight_drop, candidate_dropout=candidate_dropout,
                      zoneout_c=zoneout if zoneout_c is None else zoneout_c,
                      zoneout_h=zoneout if zoneout_h is None else zoneout_h)
+        self.layer_norm = layer_norm  # read by _extra_parameters while RNNBase makes the parameters
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, rates=rates)
 
@@ -371,8 +397,22 @@ class LSTM(RNNBase):
 
     def to_lstm(self) -> nn.LSTM:
         """A torch.nn.LSTM with this module's configuration and weights (the regularizers inside
-        the recurrence have no nn.LSTM equivalent and are dropped)."""
+        the recurrence have no nn.LSTM equivalent and are dropped). Refuses a module with
+        layer_norm=True: nn.LSTM has no layer norm, so it would compute something else."""
+        if self.layer_norm:
+            raise ValueError("rnnfused.LSTM.to_lstm: this module has layer_norm=True, and "
+                             "torch.nn.LSTM has no layer norm; it cannot compute what this module does")
         return self._to_torch()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", layer_norm=True" if self.layer_norm else "")
+
+    def _extra_parameters(self) -> Dict[str, Tuple[Tuple[int, ...], float]]:
+        if not self.layer_norm:
+            return {}
+        G, H = self.gate_count * self.hidden_size, self.hidden_size
+        return {"ln_weight_ih": ((G,), 1.0), "ln_weight_hh": ((G,), 1.0),
+                "ln_weight_c": ((H,), 1.0), "ln_bias_c": ((H,), 0.0)}
 
     def _state_sizes(self) -> Dict[str, int]:
         return {"h_0": self._real_hidden, "c_0": self.hidden_size}
@@ -386,9 +426,11 @@ class LSTM(RNNBase):
         return states[0], states[1]
 
     def _layer(self, input, states, weights, **kwargs):
+        layer_norm = {kind: weights[kind] for kind in self._extra_parameters()}
         out, h, c = lstm_layer(
             input, states[0], states[1], weights["weight_ih"], weights["weight_hh"],
-            weights.get("bias_ih"), weights.get("bias_hh"), weights.get("weight_hr"), **kwargs)
+            weights.get("bias_ih"), weights.get("bias_hh"), weights.get("weight_hr"), **kwargs,
+            **layer_norm)
         return out, (h, c)
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):

@@ -5,12 +5,13 @@ reading rather than speed, differentiable by autograd in any dtype. It draws no 
 own; in training mode it replays the masks of a fused call, as materialized by
 `rnnfused.functional.lstm_masks(seed, ...)` or `rnnfused.functional.gru_masks(seed, ...)`.
 
-    lstm_layer   one LSTM layer, one direction (SPEC §2)
+    lstm_layer   one LSTM layer, one direction (SPEC §2); with the four ln_* gains, the
+                 layer-normalized LSTM (SPEC §2c)
     gru_layer    one GRU layer, one direction, nn.GRU's "reset after" form (SPEC §2b)
 
 Both share the plumbing below: the rate checks, the masks of a call, the per-call and
-per-sequence regularizers, the loop over time with per-sample lengths, and zoneout; each cell is
-the few lines of its step.
+per-sequence regularizers, the GEMM terms (layer-normalized when given a gain), the loop over time
+with per-sample lengths, and zoneout; each cell is the few lines of its step.
 """
 
 import torch
@@ -26,6 +27,10 @@ _MASK_OF_RATE = {
     "zoneout_c": "zoneout_c",
     "zoneout_h": "zoneout_h",
 }
+
+# The layer-normalized LSTM's parameters (SPEC §2c) and the epsilon of its layer norms.
+_LN_NAMES = ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c")
+LN_EPS = 1e-5
 
 
 class _Regularizers:
@@ -79,26 +84,54 @@ def _run_layer(input, state, step, *, reverse, lengths):
     return (torch.stack(outputs),) + tuple(state)
 
 
-def _projections(reg, input, weight_ih, weight_hh, bias_ih):
+def _layer_norm(v, gain, bias=None):
+    """LN(v) ⊙ gain (+ bias) over the last dim: (v - mean) / sqrt(var + 1e-5), biased variance."""
+    mean = v.mean(-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(-1, keepdim=True)
+    out = (v - mean) / torch.sqrt(var + LN_EPS) * gain
+    return out if bias is None else out + bias
+
+
+def _gemm_term(product, gain, bias):
+    """A GEMM term of the pre-activations: LN(product) ⊙ gain (when a gain is given), then + bias."""
+    if gain is not None:
+        product = _layer_norm(product, gain)
+    return product if bias is None else product + bias
+
+
+def _projections(reg, input, weight_ih, weight_hh, bias_ih, gain_ih=None):
     """The per-call and per-sequence regularizers, applied once and the same at every step:
-    the input projection W_ih x̂_t + b_ih of every step, and the dropped weight Ŵ_hh."""
-    gi = reg.dropped("input_dropout", input) @ weight_ih.t()
-    if bias_ih is not None:
-        gi = gi + bias_ih
+    the input term W_ih x̂_t + b_ih of every step (LN(W_ih x̂_t) ⊙ γ_ih + b_ih with a gain), and
+    the dropped weight Ŵ_hh."""
+    gi = _gemm_term(reg.dropped("input_dropout", input) @ weight_ih.t(), gain_ih, bias_ih)
     return gi, reg.dropped("weight_drop", weight_hh)
 
 
-def _recurrent(reg, h, w_hh, bias_hh):
-    """Ŵ_hh ĥ_{t-1} + b_hh."""
-    gh = reg.dropped("recurrent_dropout", h) @ w_hh.t()
-    return gh if bias_hh is None else gh + bias_hh
+def _recurrent(reg, h, w_hh, bias_hh, gain_hh=None):
+    """Ŵ_hh ĥ_{t-1} + b_hh (LN(Ŵ_hh ĥ_{t-1}) ⊙ γ_hh + b_hh with a gain)."""
+    return _gemm_term(reg.dropped("recurrent_dropout", h) @ w_hh.t(), gain_hh, bias_hh)
+
+
+def _check_layer_norm(ln, hidden_size):
+    """The four LN parameters {name: tensor or None}: all four or none, of their shapes."""
+    given = [name for name in _LN_NAMES if ln[name] is not None]
+    if given and len(given) != len(_LN_NAMES):
+        missing = [name for name in _LN_NAMES if ln[name] is None]
+        raise ValueError(f"layer norm needs all four of {', '.join(_LN_NAMES)}; got "
+                         f"{', '.join(given)} without {', '.join(missing)}")
+    for name in given:
+        want = (4 * hidden_size,) if name in ("ln_weight_ih", "ln_weight_hh") else (hidden_size,)
+        if tuple(ln[name].shape) != want:
+            raise ValueError(f"{name} must have shape {want}, got {tuple(ln[name].shape)}")
 
 
 def lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, *,
                masks=None, training=True, reverse=False, lengths=None,
                input_dropout=0., recurrent_dropout=0., weight_drop=0., candidate_dropout=0.,
-               zoneout_c=0., zoneout_h=0.):
-    """One layer, one direction of a regularized LSTM, as SPEC.md §2 defines it.
+               zoneout_c=0., zoneout_h=0., ln_weight_ih=None, ln_weight_hh=None, ln_weight_c=None,
+               ln_bias_c=None):
+    """One layer, one direction of a regularized LSTM, as SPEC.md §2 defines it; with the four
+    ln_* parameters the layer-normalized LSTM of SPEC §2c.
 
     input (T, B, I) time-major; h0 (B, R), c0 (B, H) with R = P when weight_hr (P, H) is given,
     else R = H. weight_ih (4H, I), weight_hh (4H, R), biases (4H,), gate order i, f, g, o.
@@ -112,21 +145,31 @@ def lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, 
     (backwards from lengths[b]-1 when reverse=True, starting from h0/c0). Outputs at padded positions
     are 0 and h_n / c_n are the state after the sequence's own last processed step.
 
+    Layer norm (all four or none): ln_weight_ih, ln_weight_hh (4H,) are the gains γ_ih, γ_hh of the
+    two GEMM terms, each normalized over its 4H pre-activations without its bias, and
+    ln_weight_c, ln_bias_c (H,) the gain and shift γ_c, β_c of the new cell where it enters h:
+    a_t = LN(W_ih x̂_t) ⊙ γ_ih + LN(Ŵ_hh ĥ_{t-1}) ⊙ γ_hh + b_ih + b_hh and
+    h̃_t = o ⊙ tanh(LN(c̃_t) ⊙ γ_c + β_c); the carried (and zoned-out) cell is c̃_t itself.
+
     Returns (output (T, B, R), h_n (B, R), c_n (B, H)).
     """
     rates = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
                  candidate_dropout=candidate_dropout, zoneout_c=zoneout_c, zoneout_h=zoneout_h)
     reg = _Regularizers(rates, masks, training, input, "lstm_masks")
-    gi, w_hh = _projections(reg, input, weight_ih, weight_hh, bias_ih)
+    _check_layer_norm(dict(ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
+                           ln_bias_c=ln_bias_c), weight_ih.shape[0] // 4)
+    gi, w_hh = _projections(reg, input, weight_ih, weight_hh, bias_ih, ln_weight_ih)
 
     def step(t, state):
         h, c = state
-        a = gi[t] + _recurrent(reg, h, w_hh, bias_hh)
+        a = gi[t] + _recurrent(reg, h, w_hh, bias_hh, ln_weight_hh)
         a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
         i, f, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
         g = reg.dropped("candidate_dropout", torch.tanh(a_g), t)
         c_new = f * c + i * g
-        h_new = o * torch.tanh(c_new)          # uses the cell before zoneout
+        # h uses the cell before zoneout (with layer norm, normalized; the carried cell is not)
+        c_out = c_new if ln_weight_c is None else _layer_norm(c_new, ln_weight_c, ln_bias_c)
+        h_new = o * torch.tanh(c_out)
         if weight_hr is not None:
             h_new = h_new @ weight_hr.t()
         return reg.zoned_out("zoneout_h", h_new, h, t), reg.zoned_out("zoneout_c", c_new, c, t)

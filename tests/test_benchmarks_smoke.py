@@ -1,8 +1,9 @@
 """The benchmark harness runs: benchmarks/run.py on one tiny config, for the LSTM and the GRU, into a
 temporary directory writes a results JSON with the promised schema plus its tables and one plot per cell,
-and report.py regenerates only the README text between the perf markers from it, one table per cell.
-Timings themselves are not checked. Also: the cell loops the benchmarks time compute the torch modules'
-function when every rate is 0, so they are the loops they claim to be.
+and report.py regenerates only the README text between the perf markers from it, one table per cell; the
+layer-normalized LSTM (--cell lnlstm) the same, against nn.LSTM. Timings themselves are not checked. Also:
+the cell loops the benchmarks time compute the torch modules' function when every rate is 0 (the LN-LSTM
+loop: the reference's LN-LSTM), so they are the loops they claim to be.
 
 The scripts run in this process (their main(argv)), which saves a second torch import.
 """
@@ -109,6 +110,69 @@ def test_cell_loop_without_regularization_is_the_torch_module(bench, cell):
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
     reg.eval()
     torch.testing.assert_close(reg(x)[0], reg(x)[0])
+
+
+def test_run_of_the_layer_normalized_lstm_compares_it_with_nn_lstm(tmp_path, bench):
+    run, report, variants = bench
+    run.main(["--device", "cpu", "--cell", "lnlstm", "--configs", "4,2,8,8", "--repeats", "2", "--warmup", "1",
+              "--no-compile", "--threads", "1", "--out", str(tmp_path)])
+    [json_path] = tmp_path.glob("*.json")
+    assert json_path.name.endswith("-lnlstm.json")
+    stem = str(json_path)[:-len(".json")]
+    assert os.path.exists(stem + ".md") and os.path.exists(stem + ".png")
+    result = json.loads(json_path.read_text())
+    assert result["cells"] == ["lnlstm"] and "nn_lnlstm_backend" in result
+    assert "layer_norm=True" in result["variants"]["lnlstm"]["rnnfused-reg"]
+    timed = {r["variant"] for r in result["results"]}
+    skipped = {s["variant"]: s["reason"] for s in result["skipped"]}
+    assert {"nn.LSTM", "cell-loop-reg"} <= timed and "compile-loop-reg" in skipped
+    if hasattr(torch.ops.rnnfused, "ln_lstm_forward"):    # built with the LN-LSTM: its variants must run
+        assert {"rnnfused", "rnnfused-reg"} <= timed, skipped
+    assert timed | set(skipped) == set(result["variants"]["lnlstm"])
+    for r in result["results"]:
+        assert r["cell"] == "lnlstm" and set(r["vs_nn_lstm"]) == {"fwd", "fwdbwd"}
+    assert next(r for r in result["results"] if r["variant"] == "nn.LSTM")["vs_nn_lstm"] == {"fwd": 1.0,
+                                                                                            "fwdbwd": 1.0}
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- perf:begin -->\n<!-- perf:end -->\n")
+    report.main(["--readme", str(readme), str(json_path)])
+    text = readme.read_text()
+    assert "#### CPU LN-LSTM: time per call, and ratio to nn.LSTM" in text and "| fwd vs nn.LSTM |" in text
+    assert "| cell-loop-reg |" in text and "×" in text.split("| cell-loop-reg |")[1].splitlines()[0]
+    assert run._harness.cells_of("all") == ["lstm", "gru", "lnlstm"]
+    assert run._harness.cells_of("both") == ["lstm", "gru"]
+
+
+def test_layer_normalized_cell_loop_without_regularization_is_the_reference_ln_lstm(bench):
+    """The LN-LSTM loop with every rate 0 computes SPEC §2c's LN-LSTM (rnnfused.reference with the loop's
+    gains), outputs, final state and gradients; with rates on it runs forward and backward."""
+    _, _, variants = bench
+    kind = variants.CELLS["lnlstm"]
+    assert kind.baseline == "nn.LSTM" and kind.ratio_key == "vs_nn_lstm"
+    loop = variants.CellLoop(kind, 4, 6, dtype=torch.float64)
+    with torch.no_grad():
+        for p in loop.parameters():
+            p.normal_()
+    c = loop.cell
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    out, (h_n, c_n) = loop(x)
+    zeros = x.new_zeros(3, 6)
+    want = rnnfused.reference.lstm_layer(x, zeros, zeros, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh,
+                                         ln_weight_ih=c.ln_weight_ih, ln_weight_hh=c.ln_weight_hh,
+                                         ln_weight_c=c.ln_weight_c, ln_bias_c=c.ln_bias_c)
+    for a, b in zip((out, h_n[0], c_n[0]), want):
+        torch.testing.assert_close(a, b)
+    params = [x] + list(loop.parameters())
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(want[0], params, g)):
+        torch.testing.assert_close(a, b)
+
+    ref = variants.reference(kind, 5, 3, 4, 6, dtype=torch.float64, device="cpu")
+    reg = variants.build("cell-loop-reg", ref, kind)
+    assert torch.all(reg.cell.ln_weight_ih == 1) and torch.equal(reg.cell.weight_hh, ref.weight_hh_l0)
+    out, _ = reg(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in reg.parameters())
 
 
 def test_run_without_an_importable_rnnfused_stops_and_writes_nothing(tmp_path):

@@ -95,6 +95,22 @@ def test_word_language_model_smoke_with_torch_lstm(tmp_path):
     assert "cannot apply" in result["stdout"]          # says which regularizers torch.nn.LSTM lacks
 
 
+def test_word_language_model_smoke_with_layer_norm(tmp_path):
+    out = tmp_path / "lm"
+    result = run_example(LM / "main.py", "--smoke", "--layer-norm", "--epochs", "1", "--out-dir", str(out),
+                         "--no-progress", cwd=tmp_path)
+    assert (result["lstm"], result["layer_norm"]) == ("rnnfused", "1") and math.isfinite(float(result["test_ppl"]))
+    assert "LN-LSTM (rnnfused)" in result["stdout"]
+    assert any(k.startswith("rnns.0.ln_weight_ih_l0") for k in torch.load(out / "model.pt", weights_only=False)["model"])
+    generate = [sys.executable, str(LM / "generate.py"), "--checkpoint", str(out / "model.pt"), "--words", "8"]
+    proc = subprocess.run(generate, cwd=tmp_path, env=example_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and len(proc.stdout.split()) >= 4, proc.stderr[-4000:]
+    for refused in ([*generate, "--lstm", "torch"],                                     # torch has no layer norm
+                    [sys.executable, str(LM / "main.py"), "--smoke", "--layer-norm", "--lstm", "torch"]):
+        proc = subprocess.run(refused, cwd=tmp_path, env=example_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "layer norm" in proc.stderr, proc.stderr[-4000:]
+
+
 # The two small examples: directory, plot, and the RESULT fields that must be numbers in a range.
 SMALL_EXAMPLES = [
     pytest.param("digits_classifier", "confusion_matrix.png", {"test_acc": (0.0, 1.0)},

@@ -101,6 +101,18 @@ def test_model_trains_a_step_with_every_decoder(softmax, tied, lstm):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_model_with_layer_norm_has_the_gains_and_trains_a_step_and_torch_refuses_it():
+    torch.manual_seed(0)
+    model = RNNModel(V, 8, 16, 2, layer_norm=True, softmax="full", tie_weights=True, wdrop=0.2, zoneout_c=0.1)
+    assert all(rnn.layer_norm for rnn in model.rnns) and model.rnns[1].ln_weight_c_l0.shape == (8,)
+    tokens = torch.randint(0, V, (7, 3))
+    output, _, _ = model(tokens, model.init_hidden(3))
+    model.decoder.nll(output[:-1], tokens[1:]).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="layer_norm"):
+        RNNModel(V, 8, 16, 2, lstm="torch", layer_norm=True, ignore_unsupported=True)
+
+
 def _lm_main():
     import importlib.util
     spec = importlib.util.spec_from_file_location("word_language_model_main", LM / "main.py")

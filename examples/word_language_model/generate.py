@@ -7,7 +7,8 @@
 diverse. The vocabulary and the model's configuration are read from the checkpoint (``model.pt`` or
 ``checkpoint.pt``). ``--lstm torch`` loads rnnfused-trained weights into ``torch.nn.LSTM`` (the parameter
 names are the same); in eval mode the two compute the same thing except for zoneout, whose expectation
-only rnnfused applies.
+only rnnfused applies. A model trained with ``--layer-norm`` runs only with rnnfused (torch.nn.LSTM has no
+layer norm).
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ def load_model(path, lstm: str | None = None, device: str = "cpu"):
     ckpt = torch.load(path, map_location=device, weights_only=False)
     a = ckpt["args"]
     vocab = ckpt["vocab"]
+    if a.get("layer_norm") and (lstm or a["lstm"]) == "torch":
+        sys.exit(f"{Path(__file__).name}: {path} is a layer-normalized LSTM (--layer-norm); torch.nn.LSTM "
+                 "has no layer norm, use --lstm rnnfused")
     model = RNNModel(len(vocab), a["emsize"], a["nhid"], a["nlayers"], lstm=lstm or a["lstm"],
                      tie_weights=a["tied"], dropout=a["dropout"], dropouth=a["dropouth"],
                      dropouti=a["dropouti"], dropoute=a["dropoute"], wdrop=a["wdrop"],
                      zoneout_c=a["zoneout_c"], zoneout_h=a["zoneout_h"],
                      recurrent_dropout=a["recurrent_dropout"], candidate_dropout=a["candidate_dropout"],
                      softmax=a.get("softmax", "full"), cutoffs=a.get("cutoffs"),
-                     ignore_unsupported=True)
+                     ignore_unsupported=True, layer_norm=a.get("layer_norm", False))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), vocab
 

@@ -6,6 +6,7 @@ weight tying, gradient clipping, variable-length BPTT, early stopping on validat
 
     python3 examples/word_language_model/main.py --preset cpu-demo            # ~8 min on 2 CPU cores
     python3 examples/word_language_model/main.py --preset cpu-demo --lstm torch   # same, torch.nn.LSTM
+    python3 examples/word_language_model/main.py --preset cpu-demo --layer-norm   # layer-normalized LSTM
     python3 examples/word_language_model/main.py --preset medium --device cuda   # 2x650, GPU-sized
     python3 examples/word_language_model/main.py --preset awd --device cuda      # 3-layer AWD-LSTM size
     python3 examples/word_language_model/main.py --smoke                      # seconds, for CI
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--zoneout-h", type=float, default=None, help="zoneout on h, overrides --zoneout [rnnfused]")
     g.add_argument("--recurrent-dropout", type=float, help="variational dropout on h_{t-1} [rnnfused]")
     g.add_argument("--candidate-dropout", type=float, help="dropout on the candidate g_t [rnnfused]")
+    g.add_argument("--layer-norm", action="store_true",
+                   help="layer-normalized LSTM (Ba et al. 2016): rnnfused.LSTM(layer_norm=True) [rnnfused]")
     g.add_argument("--alpha", type=float, help="AR coefficient")
     g.add_argument("--beta", type=float, help="TAR coefficient")
 
@@ -165,10 +168,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.softmax == "adaptive" and args.tied:
         parser.error("--tied needs --softmax full (the adaptive softmax has no single matrix to tie); "
                      "add --no-tied")
+    if args.layer_norm and args.lstm == "torch":
+        parser.error("--layer-norm needs --lstm rnnfused: torch.nn.LSTM has no layer norm")
     args.zoneout_c = args.zoneout if args.zoneout_c is None else args.zoneout_c
     args.zoneout_h = args.zoneout if args.zoneout_h is None else args.zoneout_h
     args.config = "smoke" if args.smoke else args.preset
-    args.name = args.name or f"{args.config}-{args.lstm}"
+    args.name = args.name or f"{args.config}-{args.lstm}" + ("-ln" if args.layer_norm else "")
     args.out_dir = args.out_dir or os.path.join("runs", args.name)
     return args
 
@@ -181,7 +186,7 @@ def describe(args, corpus, train_rows: int) -> str:
     softmax = ("full softmax" if args.softmax == "full"
                else f"adaptive softmax (cutoffs {','.join(map(str, args.cutoffs))})")
     passes = args.epochs * tokens_per_epoch / corpus.train.numel()
-    lines = [f"{args.config}: {args.nlayers}-layer LSTM ({args.lstm}), emsize {args.emsize}, nhid {args.nhid}, "
+    lines = [f"{args.config}: {args.nlayers}-layer {'LN-' if args.layer_norm else ''}LSTM ({args.lstm}), emsize {args.emsize}, nhid {args.nhid}, "
              f"{'tied' if args.tied else 'untied'} weights, {softmax}, vocabulary {len(corpus.dictionary):,} (full).",
              f"training: {args.epochs} epoch(s) at most, ~{tokens_per_epoch:,} of the {corpus.train.numel():,} "
              f"training tokens per epoch"
@@ -395,7 +400,7 @@ def main(argv=None) -> dict:
                      recurrent_dropout=args.recurrent_dropout, candidate_dropout=args.candidate_dropout,
                      softmax=args.softmax, cutoffs=args.cutoffs,
                      word_counts=torch.bincount(corpus.train, minlength=len(corpus.dictionary)),
-                     ignore_unsupported=True).to(device)
+                     ignore_unsupported=True, layer_norm=args.layer_norm).to(device)
     if model.ignored:
         print(f"note: --lstm torch cannot apply {', '.join(f'{k}={v}' for k, v in model.ignored.items())} "
               "inside the recurrence; they are off in this run (everything outside the LSTM is the same).")
@@ -489,14 +494,16 @@ def main(argv=None) -> dict:
         json.dump(dict(args=vars(args), history=history, valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s,
                        train_tokens_seen=train_tokens_seen, processes=world, torch=torch.__version__), f, indent=1)
     plot = out_dir / "learning_curve.png"
-    title = f"WikiText-2, {args.config}, {args.lstm} LSTM: test ppl {test_ppl:.1f}"
+    title = (f"WikiText-2, {args.config}, {args.lstm} {'LN-' if args.layer_norm else ''}LSTM: "
+             f"test ppl {test_ppl:.1f}")
     plotted = bool(history) and plot_learning_curve(history, plot, title)
     if plotted:
         print(f"learning curve: {plot}")
     print(f"checkpoint: {ckpt_path} (resume with --resume); best model: {model_path}")
     print(f"sample text: python3 {Path(__file__).parent / 'generate.py'} --checkpoint {model_path}")
     tok_s = train_tokens_seen / train_seconds if train_seconds else 0.0
-    print(f"RESULT example=word_language_model preset={args.config} lstm={args.lstm} epochs={len(history)} "
+    print(f"RESULT example=word_language_model preset={args.config} lstm={args.lstm} "
+          f"layer_norm={int(args.layer_norm)} epochs={len(history)} "
           f"train_tokens={train_tokens_seen} train_tok_per_s={tok_s:.0f} valid_ppl={valid_ppl:.2f} "
           f"test_ppl={test_ppl:.2f} wall_s={wall_s:.1f} cpu_s={time.process_time():.1f} "
           f"history={out_dir / 'history.json'}" + (f" plot={plot}" if plotted else "")

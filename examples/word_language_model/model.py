@@ -16,6 +16,8 @@ recurrent_dropout   variational dropout on h_{t-1} (Gal & Ghahramani)        rnn
 candidate_dropout   dropout on the candidate g_t (Semeniuta et al.)          rnnfused LSTM kernel
 tie_weights         decoder.weight is encoder.weight (Inan et al.; Press &   the model (full softmax)
                     Wolf), the last layer's size is then the embedding size
+layer_norm          layer-normalized LSTM (Ba et al. 2016): LN on both       rnnfused LSTM kernel
+                    GEMM terms and on the cell where it enters h
 ==================  =======================================================  ==========================
 
 The decoder (``softmax.py``) is a full softmax (``softmax='full'``, tied or not) or an adaptive softmax
@@ -31,6 +33,9 @@ in-recurrence regularizers are available. ``lstm='torch'`` uses ``torch.nn.LSTM`
 separate ``LockedDropout`` modules and the in-recurrence regularizers (wdrop, zoneout, recurrent and
 candidate dropout) cannot be applied, so the model refuses them unless ``ignore_unsupported=True``.
 Parameter names are the same with both, so a checkpoint trained with one loads into the other.
+``layer_norm=True`` (``rnnfused.LSTM(..., layer_norm=True)``) is refused with ``lstm='torch'`` whatever
+``ignore_unsupported`` says: torch.nn.LSTM has no layer norm, so the model would be another model, with
+other parameters.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from softmax import AdaptiveSoftmax, FullSoftmax
 IN_RECURRENCE = ("wdrop", "zoneout_c", "zoneout_h", "recurrent_dropout", "candidate_dropout")
 
 
-def make_lstm_layer(kind: str, input_size: int, hidden_size: int, input_dropout: float, rates: dict):
+def make_lstm_layer(kind: str, input_size: int, hidden_size: int, input_dropout: float, rates: dict,
+                    layer_norm: bool = False):
     """One single-layer, unidirectional LSTM of the chosen implementation."""
     if kind == "torch":
         return nn.LSTM(input_size, hidden_size, 1)
@@ -54,7 +60,7 @@ def make_lstm_layer(kind: str, input_size: int, hidden_size: int, input_dropout:
         return rnnfused.LSTM(input_size, hidden_size, 1, input_dropout=input_dropout,
                              weight_drop=rates["wdrop"], zoneout_c=rates["zoneout_c"],
                              zoneout_h=rates["zoneout_h"], recurrent_dropout=rates["recurrent_dropout"],
-                             candidate_dropout=rates["candidate_dropout"])
+                             candidate_dropout=rates["candidate_dropout"], layer_norm=layer_norm)
     raise ValueError(f"lstm must be 'rnnfused' or 'torch', got {kind!r}")
 
 
@@ -64,8 +70,10 @@ class RNNModel(nn.Module):
                  dropouti: float = 0.4, dropoute: float = 0.1, wdrop: float = 0.0, zoneout_c: float = 0.0,
                  zoneout_h: float = 0.0, recurrent_dropout: float = 0.0, candidate_dropout: float = 0.0,
                  softmax: str = "full", cutoffs=(2000, 10000), word_counts: torch.Tensor | None = None,
-                 ignore_unsupported: bool = False):
+                 ignore_unsupported: bool = False, layer_norm: bool = False):
         super().__init__()
+        if layer_norm and lstm == "torch":
+            raise ValueError("layer_norm needs lstm='rnnfused': torch.nn.LSTM has no layer norm")
         if softmax not in ("full", "adaptive"):
             raise ValueError(f"softmax must be 'full' or 'adaptive', got {softmax!r}")
         if softmax == "adaptive" and tie_weights:
@@ -74,6 +82,7 @@ class RNNModel(nn.Module):
         rates = dict(wdrop=wdrop, zoneout_c=zoneout_c, zoneout_h=zoneout_h,
                      recurrent_dropout=recurrent_dropout, candidate_dropout=candidate_dropout)
         self.lstm_kind = lstm
+        self.layer_norm = layer_norm
         self.ignored = {k: v for k, v in rates.items() if v} if lstm == "torch" else {}
         if self.ignored and not ignore_unsupported:
             raise ValueError(f"torch.nn.LSTM cannot apply {sorted(self.ignored)} inside its recurrence; "
@@ -87,7 +96,8 @@ class RNNModel(nn.Module):
         # rnnfused: the layer's own input_dropout is the locked dropout; torch: a LockedDropout before it.
         self.kernel_locked_dropout = lstm == "rnnfused"
         self.rnns = nn.ModuleList(
-            make_lstm_layer(lstm, sizes[l], sizes[l + 1], input_rates[l], rates) for l in range(nlayers))
+            make_lstm_layer(lstm, sizes[l], sizes[l + 1], input_rates[l], rates, layer_norm)
+            for l in range(nlayers))
         self.input_drops = nn.ModuleList(
             LockedDropout(0.0 if self.kernel_locked_dropout else p) for p in input_rates)
         self.output_drop = LockedDropout(dropout)
