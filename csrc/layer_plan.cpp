@@ -299,7 +299,10 @@ LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks
   if (seq.recurrent_scale.defined()) hprev = hprev * seq.recurrent_scale.unsqueeze(0);
   g.grad_weight_hh = at::mm(dh2.t(), hprev.reshape({T * B, R}));
   if (seq.weight_scale.defined()) g.grad_weight_hh.mul_(seq.weight_scale);
-  if (plan.has_bias) {
+  if (plan.has_bias && plan.cell == CellKind::kLnLstm) {
+    // The LN-LSTM's bias enters after the LNs: its driver sums dL/da itself.
+    g.grad_bias_ih = g.grad_bias_hh = Tensor();
+  } else if (plan.has_bias) {
     g.grad_bias_ih = dx2.sum(0);
     g.grad_bias_hh = shared ? g.grad_bias_ih.clone() : dh2.sum(0);
   } else {
