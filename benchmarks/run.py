@@ -4,6 +4,7 @@
     python3 benchmarks/run.py --device cuda                # the committed GPU numbers
     python3 benchmarks/run.py --device cpu --quick --cell gru --out /tmp/bench
     python3 benchmarks/run.py --device cpu --cell lnlstm   # the layer-normalized LSTM against nn.LSTM
+    python3 benchmarks/run.py --device cpu --packed        # variable lengths: padded against packed
 
 Every configuration is timed once per cell (--cell lstm, gru, lnlstm, both = lstm and gru, or all),
 each cell's variants against its own torch module (the LN-LSTM's: the plain nn.LSTM). Writes
@@ -28,6 +29,8 @@ CONFIGS = {  # (T, B, I, H), SPEC §7
     "cuda": [(100, 64, 512, 512), (100, 8, 512, 512), (50, 64, 1024, 1024), (1024, 16, 768, 768)],
     "cpu": [(100, 32, 256, 256), (50, 64, 512, 512), (200, 8, 128, 128)],
 }
+# --packed adds the word-language-model example's cpu-demo shape: bptt 35, batch 32, emsize = nhid = 200.
+PACKED_EXTRA_CONFIGS = [(35, 32, 200, 200)]
 # --quick drops the GPU's longest sequence (the cell loops take minutes on it).
 QUICK_DROPS = {"cuda": [(1024, 16, 768, 768)], "cpu": []}
 SETTINGS = {  # warm-up rounds, timed rounds, per-config time budget (s), torch.compile budget (s)
@@ -57,6 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=variants.ALL_NAMES, metavar="NAME",
                    help="time only these (each cell times the ones it has; nn.LSTM and nn.GRU are the "
                    f"baselines); default all of: {', '.join(variants.ALL_NAMES)}")
+    p.add_argument("--packed", action="store_true",
+                   help="variable-length input: each cell's baseline and rnnfused-reg on the padded batch and "
+                   "on the same batch packed with lengths uniform in [T/4, T] (their '-packed' variants; "
+                   "other variants only when --variants names them); adds the word LM demo's shape "
+                   f"{PACKED_EXTRA_CONFIGS[0]} to the default configs; results file ends in -packed")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     p.add_argument("--compile-budget", type=float, metavar="S",
                    help="seconds allowed to compile the cell loop per config and cell (default 300; 0 with --quick)")
@@ -66,6 +74,16 @@ def parse_args(argv=None):
                    help="stop timing a config's cell after S seconds, once 3 rounds are done")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
     return p.parse_args(argv)
+
+
+def add_vs_padded(rows: list[dict]) -> None:
+    """Each '-packed' row's median time over its padded variant's, as vs_padded {fwd, fwdbwd}."""
+    by = {r["variant"]: r for r in rows}
+    for r in rows:
+        base = by.get(r["variant"].removesuffix("-packed")) if r["variant"].endswith("-packed") else None
+        if base:
+            r["vs_padded"] = {mode: round(r[f"{mode}_ms"]["median"] / base[f"{mode}_ms"]["median"], 3)
+                              for mode in ("fwd", "fwdbwd") if f"{mode}_ms" in r and f"{mode}_ms" in base}
 
 
 def main(argv=None) -> str:
@@ -87,9 +105,13 @@ def main(argv=None) -> str:
     if args.quick:
         notes.append("--quick: fewer repeats; torch.compile variant skipped unless --compile-budget given")
     cells = _harness.cells_of(args.cell)
-    names = {c: [n for n in variants.variants(variants.CELLS[c]) if args.variants is None or n in args.variants]
+    def wanted(c, n):
+        if args.variants is not None:
+            return n in args.variants
+        return n in variants.packed_names(variants.CELLS[c]) if args.packed else True
+    names = {c: [n for n in variants.variants(variants.CELLS[c], packed=args.packed) if wanted(c, n)]
              for c in cells}
-    configs = args.configs or CONFIGS[device.type]
+    configs = args.configs or CONFIGS[device.type] + (PACKED_EXTRA_CONFIGS if args.packed else [])
     if args.quick and not args.configs:
         dropped = QUICK_DROPS[device.type]
         configs = [c for c in configs if c not in dropped]
@@ -101,13 +123,16 @@ def main(argv=None) -> str:
     run["rnnfused"] = subject
     run.update({
         "dtype": args.dtype, "quick": args.quick, "settings": s, "notes": notes, "cells": cells,
-        "variants": {c: {name: desc for name, (_, _, desc) in variants.variants(variants.CELLS[c]).items()
+        "variants": {c: {name: desc for name, (_, _, desc) in
+                         variants.variants(variants.CELLS[c], packed=args.packed).items()
                          if name in names[c]} for c in cells},
         **{f"nn_{c}_backend": variants.nn_backend(variants.CELLS[c], device, _harness.DTYPES[args.dtype])
            for c in cells},
         "results": [], "skipped": [], "complete": False,
     })
-    path = _harness.results_path(args, device, default_cell="both")
+    if args.packed:
+        run["packed_lengths"] = variants.PACKED_LENGTHS
+    path = _harness.results_path(args, device, default_cell="both", tail="-packed" if args.packed else "")
     t_start = time.perf_counter()
     compile_failed_at_T = {}  # per cell: the shortest T whose loop did not compile within the budget
     for T, B, I, H in configs:
@@ -126,6 +151,7 @@ def main(argv=None) -> str:
                 compile_skip_reason=why, log=lambda msg: print(msg, file=sys.stderr))
             if any(k["variant"] == _harness.COMPILED and "budget" in k["reason"] for k in skipped):
                 compile_failed_at_T[cell] = min(T, failed_at or T)
+            add_vs_padded(rows)
             run["results"] += rows
             run["skipped"] += [dict(config=cfg, cell=cell, **k) for k in skipped]
             run["wall_s"] = round(time.perf_counter() - t_start, 1)

@@ -12,6 +12,7 @@ for every cell.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -249,6 +251,40 @@ def build_haste(ref: nn.Module, cell: Cell, **_) -> nn.Module:
     return m.to(device=w.device, dtype=w.dtype)
 
 
+# Variable-length input (run.py --packed): the same batch with lengths drawn uniformly from [T/4, T] by a
+# fixed seed, in random order, handed over as a PackedSequence.
+PACKED_SEED = 4321
+PACKED_LENGTHS = (f"lengths uniform in [T/4, T] (torch.randint, seed {PACKED_SEED}), unsorted; "
+                  "pack_padded_sequence(enforce_sorted=False) in, pad_packed_sequence out, both timed")
+
+
+@functools.lru_cache(maxsize=None)
+def packed_lengths(T: int, B: int) -> torch.Tensor:
+    """The lengths of a packed benchmark batch: B integers uniform in [max(1, T // 4), T], fixed seed."""
+    g = torch.Generator().manual_seed(PACKED_SEED)
+    return torch.randint(max(1, T // 4), T + 1, (B,), generator=g)
+
+
+class Packed(nn.Module):
+    """`inner` on the padded (T, B, I) batch packed by packed_lengths(T, B), the way users call an RNN on
+    variable-length data: pack_padded_sequence (enforce_sorted=False), the module, pad_packed_sequence back
+    to (T, B, ·) (zeros past each length). Packing and unpacking are part of what is timed."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, hx=None):
+        T, B, _ = x.shape
+        packed = pack_padded_sequence(x, packed_lengths(T, B), enforce_sorted=False)
+        out, state = self.inner(packed, hx)
+        return pad_packed_sequence(out, total_length=T)[0], state
+
+
+def build_packed(ref: nn.Module, cell: Cell, *, inner: Callable, **kwargs) -> nn.Module:
+    return Packed(inner(ref, cell, **kwargs))
+
+
 def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
     """Which library the torch module dispatches to; without a device, both (for the descriptions)."""
     if device is None:
@@ -261,8 +297,15 @@ def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtyp
     return "native (ATen)"
 
 
-def variants(cell: Cell) -> dict[str, tuple[Callable, dict, str]]:
-    """name -> (builder, keyword arguments, one-line description for the JSON), the baseline first."""
+def variants(cell: Cell, packed: bool = False) -> dict[str, tuple[Callable, dict, str]]:
+    """name -> (builder, keyword arguments, one-line description for the JSON), the baseline first. With
+    `packed`, also the variable-length variants (opt-in: run.py --packed), each the padded variant of the
+    name without '-packed' on the same batch as a PackedSequence (PACKED_LENGTHS)."""
+    if packed:
+        plain = variants(cell)
+        extra = {f"{name}-packed": (build_packed, dict(kwargs, inner=builder), f"{desc}; {PACKED_LENGTHS}")
+                 for name, (builder, kwargs, desc) in plain.items() if name in (cell.baseline, *SUBJECTS)}
+        return {**plain, **extra}
     n = cell.name
     ln = "layer_norm=True" if cell.layer_norm else ""
     loop = ("a layer-normalized LSTM cell (F.layer_norm on both GEMM terms and on c)" if cell.layer_norm
@@ -279,16 +322,22 @@ def variants(cell: Cell) -> dict[str, tuple[Callable, dict, str]]:
     }
 
 
-ALL_NAMES = list(dict.fromkeys(name for cell in CELLS.values() for name in variants(cell)))
+ALL_NAMES = list(dict.fromkeys(name for cell in CELLS.values() for name in variants(cell, packed=True)))
+
+
+def packed_names(cell: Cell) -> list[str]:
+    """run.py --packed's default: the baseline and rnnfused-reg, each padded and packed."""
+    return [cell.baseline, f"{cell.baseline}-packed", "rnnfused-reg", "rnnfused-reg-packed"]
 
 
 def build(name: str, ref: nn.Module, cell: Cell | str = "lstm") -> nn.Module:
     """Builds `cell`'s variant `name` from `ref`, in training mode; raises Unavailable if it cannot run
     here (or if the cell has no such variant)."""
     cell = CELLS[cell] if isinstance(cell, str) else cell
-    if name not in variants(cell):
+    every = variants(cell, packed=True)
+    if name not in every:
         raise Unavailable(f"no {name} variant for the {cell.name}")
-    builder, kwargs, _ = variants(cell)[name]
+    builder, kwargs, _ = every[name]
     m = builder(ref, cell, **kwargs)
     m.train()
     return m

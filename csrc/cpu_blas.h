@@ -102,14 +102,23 @@ class FixedRightOperand {
 
   // C (m x n) = A (m x k, row stride lda) op(B) + beta C.
   void gemm(const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c, int64_t ldc) const {
+    gemm(m_, a, lda, beta, c, ldc);
+  }
+
+  // The same on the first `rows` rows of A and C only (rows <= m: the rows of a packed batch that
+  // are still running). The packed B does not depend on the rows of A.
+  void gemm(int64_t rows, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
+            int64_t ldc) const {
+    TORCH_INTERNAL_ASSERT(rows >= 0 && rows <= m_);
+    if (rows == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (packed_.defined()) {
-        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(m_), int(n_), int(k_), a, int(lda),
+        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(rows), int(n_), int(k_), a, int(lda),
                             packed_.data_ptr<float>(), int(ldb_), beta, c, int(ldc));
         return;
       }
     }
-    gemm_rowmajor<scalar_t>(false, trans_b_, m_, n_, k_, scalar_t(1), a, lda, b_, ldb_, beta, c,
+    gemm_rowmajor<scalar_t>(false, trans_b_, rows, n_, k_, scalar_t(1), a, lda, b_, ldb_, beta, c,
                             ldc);
   }
 

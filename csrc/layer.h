@@ -24,6 +24,11 @@
 // The LN-LSTM keeps gates, hs and cs as the LSTM (no ctil), and its normalized values, by t:
 //   norm_x (T, B, 4H) LN(W_ih x̂_t)   norm_h (T, B, 4H) LN(Ŵ_hh ĥ_{t-1})   norm_c (T, B, H) LN(c̃_t)
 //   rstd (T, B, 3)    the three LNs' 1 / sqrt(var + eps), in that order
+// With lengths, the CPU driver runs the samples sorted by descending length (stably) and each
+// step on the samples still running only (layer_cpu.cpp, Batching): its workspace rows are in
+// that sorted order (the samples' order when already sorted), 0 at padded positions, and its
+// backward sorts the same way. output, h_n, c_n and every gradient are in the samples' order on
+// every device. The CUDA driver runs every sample at every step and masks the padded positions.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -376,9 +376,15 @@ struct CpuLayer {
   using Cell = CellChunk<kCell>;
   static constexpr int64_t kG = CellTraits<kCell>::kGates;
   const LayerPlan& plan;
-  const int64_t* len;  // (B) or null
+  // orig[b]: the sample (its index in the op's arguments) that row b of the loop holds, or null
+  // when the rows are the samples in order. Every mask is drawn with the original index (SPEC §3).
+  const int64_t* orig;
 
-  bool active(int64_t t, int64_t b) const { return len == nullptr || t < len[b]; }
+  int64_t sample(int64_t b) const { return orig ? orig[b] : b; }
+
+  // Every pass below runs on rows [0, rows) of the step only: the rows still running at that step,
+  // which come first because the loop's rows are sorted by descending length. The other rows are
+  // the bulk passes' (forward_inactive, backward_inactive).
 
   // ---------------------------------------------------------------------------------------
   // Forward
@@ -386,21 +392,18 @@ struct CpuLayer {
 
   // The cell pass of step t over (B, H). Without a projection it also finishes the state
   // (zoneout on h, output, masked state for the next GEMM); with one it leaves h̃ in htil.
-  void forward_cell(int64_t t, const ForwardStep<scalar_t>& st) const {
+  void forward_cell(int64_t t, int64_t rows, const ForwardStep<scalar_t>& st) const {
     const int64_t H = plan.H;
     const bool proj = plan.has_proj;
-    for_each_chunk(plan.B, H, [&](int64_t b, int64_t j0, int64_t n) {
+    for_each_chunk(rows, H, [&](int64_t b, int64_t j0, int64_t n) {
       const int64_t row = b * H + j0;
       scalar_t* ws = st.gates ? st.gates + b * kWorkspaceGates * H + j0 : nullptr;
-      if (!active(t, b)) {
-        forward_padded(row, n, ws, st);
-        return;
-      }
+      const int64_t sb = sample(b);
       acc_t cand[kChunk], zc[kChunk], zh[kChunk], h_tilde[kChunk];
-      if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
-      if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
+      if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, sb, j0, n, cand);
+      if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, sb, j0, n, zc);
       if constexpr (kZoneH) {
-        if (!proj) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+        if (!proj) draw_step_masks(plan, kMaskZoneoutH, t, sb, j0, n, zh);
       }
       const int64_t gate_row = b * kG * H + j0;
       const ForwardChunk<scalar_t> io{st.pre + gate_row,
@@ -424,46 +427,45 @@ struct CpuLayer {
     });
   }
 
-  // A padded position of units [row, row + n) of the cell pass: the state passes through, the
-  // output is 0, the workspace gates are 0.
-  void forward_padded(int64_t row, int64_t n, scalar_t* ws, const ForwardStep<scalar_t>& st) const {
-    const int64_t H = plan.H;
-    if (st.c_next) std::copy(st.c_prev + row, st.c_prev + row + n, st.c_next + row);
-    if (ws) {
-      for (int g = 0; g < kWorkspaceGates; ++g) std::fill_n(ws + g * H, n, scalar_t(0));
+  // The rows [rows, B) of step t that have ended (forward direction) or not yet begun (reverse):
+  // the state passes through, the output is 0, the workspace rows are 0 (c̃: the cell). Rows are
+  // contiguous in every (B, ·) buffer, so each is one copy or fill.
+  void forward_inactive(int64_t rows, const ForwardStep<scalar_t>& st) const {
+    const int64_t B = plan.B, H = plan.H, R = plan.R, left = B - rows;
+    if (left <= 0) return;
+    std::copy(st.h_prev + rows * R, st.h_prev + B * R, st.h_next + rows * R);
+    std::fill_n(st.out + rows * R, left * R, scalar_t(0));
+    if (st.mh) {
+      for (int64_t k = rows * R; k < B * R; ++k) st.hhat_next[k] = st.h_prev[k] * st.mh[k];
     }
-    if (st.ctil) std::copy(st.c_prev + row, st.c_prev + row + n, st.ctil + row);
-    if (st.norm_c) std::fill_n(st.norm_c + row, n, scalar_t(0));
-    if (plan.has_proj) {
-      std::fill_n(st.htil + row, n, scalar_t(0));
-    } else {
-      pass_state(row, n, st);
+    if (st.c_next) std::copy(st.c_prev + rows * H, st.c_prev + B * H, st.c_next + rows * H);
+    if (st.gates) std::fill_n(st.gates + rows * kWorkspaceGates * H, left * kWorkspaceGates * H, scalar_t(0));
+    if (st.ctil) std::copy(st.c_prev + rows * H, st.c_prev + B * H, st.ctil + rows * H);
+    if constexpr (kCell == CellKind::kLnLstm) {
+      // The recurrent GEMM wrote rows [0, rows) of the normalized recurrent term only.
+      std::fill_n(const_cast<scalar_t*>(st.gh) + rows * kG * H, left * kG * H, scalar_t(0));
+      std::fill_n(st.norm_c + rows * H, left * H, scalar_t(0));
+      for (int64_t b = rows; b < B; ++b) st.rstd[b * 3 + 1] = st.rstd[b * 3 + 2] = 0;
     }
   }
 
   // The LN-LSTM's cell pass of step t, one task per sample: LN of the recurrent term, the gates
   // and c̃ chunk by chunk (c̃ into norm_c), LN of c̃, then h̃ and the state chunk by chunk.
   // st.gates is never null here (a scratch row block when no workspace is kept).
-  void forward_cell_ln(int64_t t, const ForwardStep<scalar_t>& st) const {
+  void forward_cell_ln(int64_t t, int64_t rows, const ForwardStep<scalar_t>& st) const {
     const int64_t H = plan.H, GH = kG * H;
     const bool proj = plan.has_proj;
-    for_each_sample(plan.B, GH, [&](int64_t b) {
+    for_each_sample(rows, GH, [&](int64_t b) {
       scalar_t* ws = st.gates + b * kWorkspaceGates * H;
-      if (!active(t, b)) {
-        for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
-          forward_padded(b * H + j0, std::min(kChunk, H - j0), ws + j0, st);
-        }
-        st.rstd[b * 3 + 1] = st.rstd[b * 3 + 2] = 0;
-        return;
-      }
+      const int64_t sb = sample(b);
       scalar_t* gh = const_cast<scalar_t*>(st.gh) + b * GH;
       st.rstd[b * 3 + 1] = normalize_row(gh, GH);
       scalar_t* c_tilde = st.norm_c + b * H;
       for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
         const int64_t n = std::min(kChunk, H - j0), row = b * H + j0;
         acc_t cand[kChunk], zc[kChunk];
-        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
-        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
+        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, sb, j0, n, cand);
+        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, sb, j0, n, zc);
         const ForwardChunk<scalar_t> io{st.pre + b * GH + j0, gh + j0,      st.bias_x + j0,
                                         nullptr,              nullptr,      st.c_prev + row,
                                         st.c_next + row,      ws + j0,      c_tilde + j0,
@@ -483,7 +485,7 @@ struct CpuLayer {
         if (proj) {
           std::copy(h_tilde, h_tilde + n, st.htil + row);
         } else {
-          if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+          if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, sb, j0, n, zh);
           finish_state(row, n, h_tilde, zh, st);
         }
       }
@@ -507,28 +509,15 @@ struct CpuLayer {
     }
   }
 
-  // A padded position of the state: it passes through, the output is 0.
-  void pass_state(int64_t row, int64_t n, const ForwardStep<scalar_t>& st) const {
-    std::copy(st.h_prev + row, st.h_prev + row + n, st.h_next + row);
-    std::fill_n(st.out + row, n, scalar_t(0));
-    if (st.mh) {
-      for (int64_t k = 0; k < n; ++k) st.hhat_next[row + k] = st.h_prev[row + k] * st.mh[row + k];
-    }
-  }
-
   // The state pass of step t over (B, P) after the projection GEMM left W_hr h̃ in hproj.
-  void forward_projected_state(int64_t t, const scalar_t* hproj,
+  void forward_projected_state(int64_t t, int64_t rows, const scalar_t* hproj,
                                const ForwardStep<scalar_t>& st) const {
     const int64_t R = plan.R;
-    for_each_chunk(plan.B, R, [&](int64_t b, int64_t j0, int64_t n) {
+    for_each_chunk(rows, R, [&](int64_t b, int64_t j0, int64_t n) {
       const int64_t row = b * R + j0;
-      if (!active(t, b)) {
-        pass_state(row, n, st);
-        return;
-      }
       acc_t fresh[kChunk], zh[kChunk];
       std::copy(hproj + row, hproj + row + n, fresh);
-      if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
+      if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, sample(b), j0, n, zh);
       finish_state(row, n, fresh, zh, st);
     });
   }
@@ -539,8 +528,8 @@ struct CpuLayer {
 
   // dL/dh for the state after step s of units [row, row + n), then its split through zoneout.
   //   zpart: in: the zoneout share carried from step s+1 (or grad_h_n); out: this step's share
-  //   fresh: out: dL/dh̃ (the pre-zoneout state, projected or not); 0 at padded positions
-  void backward_state(int64_t row, int64_t n, bool on, const acc_t* zh,
+  //   fresh: out: dL/dh̃ (the pre-zoneout state, projected or not)
+  void backward_state(int64_t row, int64_t n, const acc_t* zh,
                       const BackwardStep<scalar_t>& st, acc_t* fresh) const {
     scalar_t* zpart = st.zpart;
     acc_t dh[kChunk];
@@ -551,13 +540,6 @@ struct CpuLayer {
       } else {
         for (int64_t k = 0; k < n; ++k) dh[k] += st.dhhat[row + k];
       }
-    }
-    if (!on) {  // padded: the state passed through unchanged, the output was a constant 0
-      for (int64_t k = 0; k < n; ++k) {
-        zpart[row + k] = dh[k];
-        fresh[k] = 0;
-      }
-      return;
     }
 #pragma omp simd
     for (int64_t k = 0; k < n; ++k) {
@@ -575,34 +557,24 @@ struct CpuLayer {
 
   // The cell pass of backward step t over (B, H); without a projection the state pass is
   // fused in here.
-  void backward_cell(int64_t t, const BackwardStep<scalar_t>& st) const {
+  void backward_cell(int64_t t, int64_t rows, const BackwardStep<scalar_t>& st) const {
     const int64_t H = plan.H;
     const bool proj = plan.has_proj;
-    for_each_chunk(plan.B, H, [&](int64_t b, int64_t j0, int64_t n) {
+    for_each_chunk(rows, H, [&](int64_t b, int64_t j0, int64_t n) {
       const int64_t row = b * H + j0;
-      const bool on = active(t, b);
+      const int64_t sb = sample(b);
       acc_t cand[kChunk], zc[kChunk], zh[kChunk], dh_tilde[kChunk];
-      if (on) {
-        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
-        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
-        if constexpr (kZoneH) {
-          if (!proj) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
-        }
+      if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, sb, j0, n, cand);
+      if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, sb, j0, n, zc);
+      if constexpr (kZoneH) {
+        if (!proj) draw_step_masks(plan, kMaskZoneoutH, t, sb, j0, n, zh);
       }
       if (proj) {
         for (int64_t k = 0; k < n; ++k) dh_tilde[k] = st.dhtil[row + k];
       } else {
-        backward_state(row, n, on, zh, st, dh_tilde);
+        backward_state(row, n, zh, st, dh_tilde);
       }
       const int64_t gate_row = b * kG * H + j0;
-      if (!on) {
-        for (int g = 0; g < kG; ++g) std::fill_n(st.da + gate_row + g * H, n, scalar_t(0));
-        if (st.dgi) {
-          for (int g = 0; g < kG; ++g) std::fill_n(st.dgi + gate_row + g * H, n, scalar_t(0));
-        }
-        if (st.htil) std::fill_n(st.htil + row, n, scalar_t(0));
-        return;
-      }
       const BackwardChunk<scalar_t> io{st.gates + b * kWorkspaceGates * H + j0,
                                        st.h_prev + row,
                                        st.c_prev ? st.c_prev + row : nullptr,
@@ -621,15 +593,15 @@ struct CpuLayer {
   // unless projected), back through h̃ = o tanh(LN(c̃) γ_c + β_c) and LN(c̃), the gates, then
   // through the two gate LNs into dL/d(W_ih x̂) (dgi) and dL/d(Ŵ_hh ĥ) (da). The bias and gain
   // gradients go to this thread's row of param_grads.
-  void backward_cell_ln(int64_t t, const BackwardStep<scalar_t>& st) const {
+  void backward_cell_ln(int64_t t, int64_t rows, const BackwardStep<scalar_t>& st) const {
     const int64_t H = plan.H, GH = kG * H;
     const bool proj = plan.has_proj;
     const int64_t width = 3 * GH + 2 * H;
-    for_each_sample(plan.B, GH, [&](int64_t b) {
+    for_each_sample(rows, GH, [&](int64_t b) {
       scalar_t* acc = st.param_grads + at::get_thread_num() * width;
       scalar_t *d_bias = acc, *d_gx = acc + GH, *d_gh = acc + 2 * GH, *d_gc = acc + 3 * GH,
                *d_bc = acc + 3 * GH + H;
-      const bool on = active(t, b);
+      const int64_t sb = sample(b);
       scalar_t* dx = st.dgi + b * GH;  // dL/d(W_ih x̂_t): first dL/dLN(·), then through the LN
       scalar_t* dh = st.da + b * GH;   // dL/d(Ŵ_hh ĥ_{t-1}), likewise
       // dL/dh̃ of the sample into dx[0, H) (scratch until the gate gradients are known).
@@ -640,17 +612,9 @@ struct CpuLayer {
           std::copy(st.dhtil + row, st.dhtil + row + n, dh_tilde + j0);
         } else {
           acc_t zh[kChunk];
-          if constexpr (kZoneH) {
-            if (on) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
-          }
-          backward_state(row, n, on, zh, st, dh_tilde + j0);
+          if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, sb, j0, n, zh);
+          backward_state(row, n, zh, st, dh_tilde + j0);
         }
-      }
-      if (!on) {
-        std::fill_n(dx, GH, scalar_t(0));
-        std::fill_n(dh, GH, scalar_t(0));
-        if (st.htil) std::fill_n(st.htil + b * H, H, scalar_t(0));
-        return;
       }
       const scalar_t* g = st.gates + b * kWorkspaceGates * H;
       const scalar_t* y = st.norm_c + b * H;
@@ -678,8 +642,8 @@ struct CpuLayer {
       for (int64_t j0 = 0; j0 < H; j0 += kChunk) {
         const int64_t n = std::min(kChunk, H - j0), row = b * H + j0;
         acc_t cand[kChunk], zc[kChunk];
-        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, b, j0, n, cand);
-        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, b, j0, n, zc);
+        if constexpr (kCand) draw_step_masks(plan, kMaskCandidate, t, sb, j0, n, cand);
+        if constexpr (kZoneC) draw_step_masks(plan, kMaskZoneoutC, t, sb, j0, n, zc);
 #pragma omp simd
         for (int64_t k = 0; k < n; ++k) {
           const int64_t j = j0 + k;
@@ -713,18 +677,27 @@ struct CpuLayer {
   }
 
   // The state pass of backward step t with a projection, over (B, P): writes dL/d(W_hr h̃).
-  void backward_projected_state(int64_t t, const BackwardStep<scalar_t>& st) const {
+  void backward_projected_state(int64_t t, int64_t rows, const BackwardStep<scalar_t>& st) const {
     const int64_t R = plan.R;
-    for_each_chunk(plan.B, R, [&](int64_t b, int64_t j0, int64_t n) {
+    for_each_chunk(rows, R, [&](int64_t b, int64_t j0, int64_t n) {
       const int64_t row = b * R + j0;
-      const bool on = active(t, b);
       acc_t zh[kChunk], fresh[kChunk];
-      if constexpr (kZoneH) {
-        if (on) draw_step_masks(plan, kMaskZoneoutH, t, b, j0, n, zh);
-      }
-      backward_state(row, n, on, zh, st, fresh);
+      if constexpr (kZoneH) draw_step_masks(plan, kMaskZoneoutH, t, sample(b), j0, n, zh);
+      backward_state(row, n, zh, st, fresh);
       std::copy(fresh, fresh + n, st.dproj + row);
     });
+  }
+
+  // The rows [rows, ran) that ran at the step after this one (in processing order) but not at
+  // this one (only in the reverse direction, where rows stop as the backward loop goes on): their
+  // state passed through this step unchanged and output nothing, so dL/dh gains the step after's
+  // dL/dĥ and nothing else. Rows past `ran` have a zero dL/dĥ; dL/dc passes through as it is.
+  void backward_inactive(int64_t rows, int64_t ran, const BackwardStep<scalar_t>& st) const {
+    if (!st.dhhat || ran <= rows) return;
+    const int64_t R = plan.R;
+    for (int64_t k = rows * R; k < ran * R; ++k) {
+      st.zpart[k] += st.mh ? st.dhhat[k] * st.mh[k] : st.dhhat[k];
+    }
   }
 };
 
@@ -736,6 +709,150 @@ void check_cpu_dtype(const Tensor& input) {
 
 Tensor contiguous_or_undefined(const c10::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : Tensor();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variable lengths: the batch sorted by length, each step on the rows still running
+// ---------------------------------------------------------------------------------------------
+
+// How the time loop lays out a batch with lengths, as cuDNN does for packed sequences. The loop's
+// rows are the samples sorted by descending length (stably; no permutation at all when they are
+// already in that order, PackedSequence's), so at input position t the samples still running,
+// those with length > t, are the first active[t] rows, in both directions. The recurrent GEMM
+// and the pointwise passes of a step run on those rows only. The input term (forward) and the
+// gate gradients (backward) are packed: the active rows of t = 0, then of t = 1, ..., N rows in
+// all, so the GEMMs before and after the loop touch no padding either. Without lengths (or with
+// every length T, sorted) nothing is permuted or packed and N = T * B.
+//
+// The loop's tensors (the state sequences, the workspace) stay in the sorted row order; the
+// op's outputs and gradients are put back in the samples' order, and backward sorts its inputs
+// the same way (the order is a function of the lengths alone).
+struct Batching {
+  int64_t T = 0, B = 0;
+  bool permuted = false;          // the sorted order is not the samples' order
+  bool packed = false;            // some step runs fewer than B rows (or permuted)
+  std::vector<int64_t> order;     // order[i]: the sample at row i (when permuted)
+  Tensor perm, inverse;           // (B) int64: order, and the row of each sample (when permuted)
+  std::vector<int64_t> active;    // (T) rows running at input position t
+  std::vector<int64_t> offset;    // (T + 1) packed row of (t, row 0); offset[T] = N
+  // (N) int64 indices of the packed rows (when packed): into (T * B) rows in the samples' order
+  // (t * B + order[i]) and in the loop's order (t * B + i).
+  Tensor src_rows, loop_rows;
+
+  const int64_t* orig() const { return permuted ? order.data() : nullptr; }
+  int64_t rows() const { return offset[T]; }
+
+  // A (B, ...) tensor in the samples' order -> the loop's order, and back.
+  Tensor to_loop(const Tensor& t, int64_t dim = 0) const {
+    return permuted && t.defined() ? t.index_select(dim, perm) : t;
+  }
+  Tensor to_samples(const Tensor& t, int64_t dim = 0) const {
+    return permuted && t.numel() > 0 ? t.index_select(dim, inverse) : t;
+  }
+  // (T, B, X) in the samples' order -> (N, X) packed rows in the loop's order.
+  Tensor pack(const Tensor& t) const {
+    const Tensor flat = t.reshape({T * B, t.size(-1)});
+    return packed ? flat.index_select(0, src_rows) : flat;
+  }
+};
+
+Batching make_batching(const LayerPlan& plan, const Tensor& lengths) {
+  Batching bt;
+  const int64_t T = plan.T, B = plan.B;
+  bt.T = T;
+  bt.B = B;
+  bt.active.assign(T, B);
+  bt.offset.resize(T + 1);
+  for (int64_t t = 0; t <= T; ++t) bt.offset[t] = t * B;
+  if (!plan.has_lengths || B == 0) return bt;
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  bt.order.resize(B);
+  for (int64_t b = 0; b < B; ++b) bt.order[b] = b;
+  std::stable_sort(bt.order.begin(), bt.order.end(),
+                   [&](int64_t a, int64_t b) { return len[a] > len[b]; });
+  for (int64_t i = 0; i < B; ++i) bt.permuted = bt.permuted || bt.order[i] != i;
+  // active[t] = #{b : len[b] > t}, from the histogram of the lengths.
+  std::vector<int64_t> ends(T + 1, 0);
+  for (int64_t b = 0; b < B; ++b) ++ends[len[b]];
+  int64_t running = B;
+  for (int64_t t = 0; t < T; ++t) {
+    running -= ends[t];
+    bt.active[t] = running;
+    bt.offset[t + 1] = bt.offset[t] + running;
+  }
+  bt.packed = bt.permuted || bt.offset[T] != T * B;
+  if (bt.permuted) {
+    bt.perm = at::tensor(bt.order, at::TensorOptions().dtype(at::kLong));
+    bt.inverse = at::empty({B}, at::kLong);
+    int64_t* inv = bt.inverse.data_ptr<int64_t>();
+    for (int64_t i = 0; i < B; ++i) inv[bt.order[i]] = i;
+  }
+  if (bt.packed) {
+    const int64_t N = bt.offset[T];
+    bt.src_rows = at::empty({N}, at::kLong);
+    bt.loop_rows = at::empty({N}, at::kLong);
+    int64_t* src = bt.src_rows.data_ptr<int64_t>();
+    int64_t* loop = bt.loop_rows.data_ptr<int64_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < bt.active[t]; ++i) {
+        const int64_t r = bt.offset[t] + i;
+        src[r] = t * B + (bt.permuted ? bt.order[i] : i);
+        loop[r] = t * B + i;
+      }
+    }
+  }
+  return bt;
+}
+
+// input_and_weight_gradients (layer_plan.cpp) on packed rows: da_ih, da_hh (N, G*H), dproj
+// (N, P), htil (N, H) hold the running rows only, and hs (T + 1, B, R) is in the loop's order.
+// The input gradient comes back in the samples' order, 0 at padded positions.
+LayerGrads packed_input_and_weight_gradients(const LayerPlan& plan, const Batching& bt,
+                                             const SequenceMasks& seq, const Tensor& input,
+                                             const Tensor& weight_ih, const Tensor& da_ih,
+                                             const Tensor& da_hh, const Tensor& hs,
+                                             const Tensor& dproj, const Tensor& htil,
+                                             Tensor grad_h0, Tensor grad_c0) {
+  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  if (!bt.packed) {
+    const int64_t GH = plan.G * H;
+    const Tensor dx = da_ih.view({T, B, GH});
+    return input_and_weight_gradients(
+        plan, seq, input, weight_ih, dx, da_ih.is_same(da_hh) ? dx : da_hh.view({T, B, GH}), hs,
+        plan.has_proj ? dproj.view({T, B, R}) : dproj, plan.has_proj ? htil.view({T, B, H}) : htil,
+        std::move(grad_h0), std::move(grad_c0));
+  }
+  const auto opts = input.options();
+  const bool shared = da_ih.is_same(da_hh);
+  Tensor xhat = input.contiguous();
+  if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
+  LayerGrads g;
+  g.grad_input = at::zeros({T, B, I}, opts);
+  g.grad_input.view({T * B, I}).index_copy_(0, bt.src_rows, at::mm(da_ih, weight_ih.contiguous()));
+  if (seq.input_scale.defined()) g.grad_input.mul_(seq.input_scale.unsqueeze(0));
+  g.grad_weight_ih = at::mm(da_ih.t(), bt.pack(xhat));
+  // ĥ_{t-1} of each packed row (t, i): row i of hs at the step that read it, with its mask.
+  Tensor hprev = hs.narrow(0, 0, T);
+  if (plan.reverse) hprev = hprev.flip(0);
+  hprev = hprev.reshape({T * B, R}).index_select(0, bt.loop_rows);
+  if (seq.recurrent_scale.defined()) {
+    hprev.mul_(bt.to_loop(seq.recurrent_scale).index_select(0, bt.loop_rows.remainder(B)));
+  }
+  g.grad_weight_hh = at::mm(da_hh.t(), hprev);
+  if (seq.weight_scale.defined()) g.grad_weight_hh.mul_(seq.weight_scale);
+  if (plan.has_bias && plan.cell == CellKind::kLnLstm) {
+    g.grad_bias_ih = g.grad_bias_hh = Tensor();  // the LN-LSTM's driver sums dL/da itself
+  } else if (plan.has_bias) {
+    g.grad_bias_ih = da_ih.sum(0);
+    g.grad_bias_hh = shared ? g.grad_bias_ih.clone() : da_hh.sum(0);
+  } else {
+    g.grad_bias_ih = at::empty({0}, opts);
+    g.grad_bias_hh = at::empty({0}, opts);
+  }
+  g.grad_weight_hr = plan.has_proj ? at::mm(dproj.t(), htil) : at::empty({0}, opts);
+  g.grad_h0 = std::move(grad_h0);
+  g.grad_c0 = grad_c0.defined() ? std::move(grad_c0) : at::empty({0}, opts);
+  return g;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,27 +870,30 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   const int64_t GH = Traits::kGates * H;
   const auto opts = input.options();
   const SequenceMasks seq = sequence_masks(plan, input.scalar_type());
+  const Tensor len = contiguous_or_undefined(args.lengths);
+  const Batching bt = make_batching(plan, len);
+  const int64_t N = bt.rows();
 
-  // x̂ = x ⊙ mx / (1 - p_in): the same (B, I) mask at every step.
+  // x̂ = x ⊙ mx / (1 - p_in): the same (B, I) mask at every step; packed rows (N, I).
   Tensor xhat = input.contiguous();
   if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
+  xhat = bt.pack(xhat);
   // Ŵ_hh = W_hh ⊙ M / (1 - p_w): one mask per call.
   Tensor w_hh = args.weight_hh.contiguous();
   if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
   const Tensor w_ih = args.weight_ih.contiguous();
   const Tensor w_hr = contiguous_or_undefined(args.weight_hr);
-  const Tensor mh = seq.recurrent_scale;
-  const Tensor len = contiguous_or_undefined(args.lengths);
+  const Tensor mh = bt.to_loop(seq.recurrent_scale);
 
   Tensor output = at::empty({T, B, R}, opts);
   Tensor gates, hs, cs, ctil, norm_x, norm_h, norm_c, rstd;
   // Two rolling states suffice when backward will not run.
   const int64_t kept = need_workspace ? T + 1 : 2;
   hs = at::empty({kept, B, R}, opts);
-  hs[0].copy_(args.h0);
+  hs[0].copy_(bt.to_loop(args.h0));
   if constexpr (Traits::kHasCell) {
     cs = at::empty({kept, B, H}, opts);
-    cs[0].copy_(*args.c0);
+    cs[0].copy_(bt.to_loop(*args.c0));
   }
   if (need_workspace) {
     gates = at::empty({T, B, kWorkspaceGates * H}, opts);
@@ -785,7 +905,8 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   if constexpr (Traits::kLayerNorm) {
     ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
                         ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
-    rstd = at::empty({T, B, 3}, opts);
+    // Zeros at the padded positions, which no pass writes when packed.
+    rstd = bt.packed ? at::zeros({T, B, 3}, opts) : at::empty({T, B, 3}, opts);
     if (need_workspace) {
       norm_h = at::empty({T, B, GH}, opts);
       norm_c = at::empty({T, B, H}, opts);
@@ -797,15 +918,26 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   }
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "layer_forward_cpu", [&] {
-    // Input term of all steps: Xp = x̂ W_ih^T (the cell pass adds the biases).
-    Tensor xp = at::empty({T, B, GH}, opts);
-    gemm_rowmajor<scalar_t>(false, true, T * B, GH, I, 1, xhat.data_ptr<scalar_t>(), I,
+    // Input term of all steps, packed rows: Xp = x̂ W_ih^T (the cell pass adds the biases).
+    Tensor xp = at::empty({N, GH}, opts);
+    gemm_rowmajor<scalar_t>(false, true, N, GH, I, 1, xhat.data_ptr<scalar_t>(), I,
                             w_ih.data_ptr<scalar_t>(), I, 0, xp.data_ptr<scalar_t>(), GH);
     if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every t, in place
       scalar_t* x = xp.data_ptr<scalar_t>();
       scalar_t* r = rstd.data_ptr<scalar_t>();
-      for_each_sample(T * B, GH, [&](int64_t row) { r[row * 3] = normalize_row(x + row * GH, GH); });
-      if (need_workspace) norm_x = xp;
+      const int64_t* at_row = bt.packed ? bt.loop_rows.data_ptr<int64_t>() : nullptr;
+      for_each_sample(N, GH, [&](int64_t row) {
+        r[(at_row ? at_row[row] : row) * 3] = normalize_row(x + row * GH, GH);
+      });
+      if (need_workspace) {
+        // The workspace keeps (T, B, 4H) in the loop's order, 0 at padded positions.
+        if (bt.packed) {
+          norm_x = at::zeros({T, B, GH}, opts);
+          norm_x.view({T * B, GH}).index_copy_(0, bt.loop_rows, xp);
+        } else {
+          norm_x = xp.view({T, B, GH});
+        }
+      }
     }
     // The LSTMs add both biases to one sum; the GRU keeps b_hh with the recurrent term.
     constexpr bool kSeparateBias = Traits::kSeparateRecurrent && !Traits::kLayerNorm;
@@ -822,7 +954,7 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
     Tensor gh = Traits::kSeparateRecurrent && !Traits::kLayerNorm ? at::empty({B, GH}, opts)
                                                                   : Tensor();
     Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
-    if (mh.defined()) hhat[0].copy_(args.h0 * mh);
+    if (mh.defined()) hhat[0].copy_(hs[0] * mh);
     Tensor htil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
     Tensor hproj = plan.has_proj ? at::empty({B, R}, opts) : Tensor();
 
@@ -830,17 +962,17 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
     scalar_t* cs_p = ptr_or_null<scalar_t>(cs);
     scalar_t* hhat_p = ptr_or_null<scalar_t>(hhat);
     scalar_t* gh_p = ptr_or_null<scalar_t>(gh);
-    const int64_t* len_p = plan.has_lengths ? len.data_ptr<int64_t>() : nullptr;
 
     // The recurrent term ĥ_{t-1} Ŵ_hh^T every step, with Ŵ_hh packed once.
     const FixedRightOperand<scalar_t> recurrent(true, B, GH, R, w_hh.data_ptr<scalar_t>(), R);
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
-      const CpuLayer<kCell, scalar_t, kCand, kZoneC, kZoneH> cpu{plan, len_p};
+      const CpuLayer<kCell, scalar_t, kCand, kZoneC, kZoneH> cpu{plan, bt.orig()};
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = plan.time_of(s);
+        const int64_t rows = bt.active[t];  // the running rows, first in the loop's order
         const int64_t cur = need_workspace ? s : s % 2;
         const int64_t nxt = need_workspace ? s + 1 : (s + 1) % 2;
-        scalar_t* pre = xp.data_ptr<scalar_t>() + t * B * GH;
+        scalar_t* pre = xp.data_ptr<scalar_t>() + bt.offset[t] * GH;
         const scalar_t* h_prev = hs_p + cur * B * R;
         const scalar_t* hhat_prev = hhat_p ? hhat_p + (s % 2) * B * R : h_prev;
         // Where this step's workspace rows go (the LN-LSTM's scratch rows without a workspace).
@@ -849,9 +981,9 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
           gh_p = norm_h.data_ptr<scalar_t>() + at_t * B * GH;
         }
         if constexpr (Traits::kSeparateRecurrent) {
-          recurrent.gemm(hhat_prev, R, 0, gh_p, GH);
+          recurrent.gemm(rows, hhat_prev, R, 0, gh_p, GH);
         } else {
-          recurrent.gemm(hhat_prev, R, 1, pre, GH);
+          recurrent.gemm(rows, hhat_prev, R, 1, pre, GH);
         }
         const ForwardStep<scalar_t> step{
             pre,
@@ -876,21 +1008,26 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
             Traits::kLayerNorm ? norm_c.data_ptr<scalar_t>() + at_t * B * H : nullptr,
             Traits::kLayerNorm ? rstd.data_ptr<scalar_t>() + t * B * 3 : nullptr};
         if constexpr (Traits::kLayerNorm) {
-          cpu.forward_cell_ln(t, step);
+          cpu.forward_cell_ln(t, rows, step);
         } else {
-          cpu.forward_cell(t, step);
+          cpu.forward_cell(t, rows, step);
         }
         if (plan.has_proj) {
-          gemm_rowmajor<scalar_t>(false, true, B, R, H, 1, htil.data_ptr<scalar_t>(), H,
+          gemm_rowmajor<scalar_t>(false, true, rows, R, H, 1, htil.data_ptr<scalar_t>(), H,
                                   w_hr.data_ptr<scalar_t>(), H, 0, hproj.data_ptr<scalar_t>(), R);
-          cpu.forward_projected_state(t, hproj.data_ptr<scalar_t>(), step);
+          cpu.forward_projected_state(t, rows, hproj.data_ptr<scalar_t>(), step);
         }
+        cpu.forward_inactive(rows, step);
       }
     });
   });
 
   LayerOutputs out = finish_forward(plan, need_workspace, output, gates, hs, cs, ctil);
   if constexpr (Traits::kLayerNorm) finish_forward_ln(need_workspace, out, norm_x, norm_h, norm_c, rstd);
+  // The op's outputs in the samples' order; the workspace stays in the loop's.
+  out.output = bt.to_samples(out.output, 1);
+  out.h_n = bt.to_samples(out.h_n);
+  out.c_n = bt.to_samples(out.c_n);
   return out;
 }
 
@@ -904,7 +1041,10 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
   const int64_t GH = Traits::kGates * H;
   const auto opts = input.options();
   const SequenceMasks seq = sequence_masks(plan, input.scalar_type());
-  const Tensor grad_output = args.grad_output.contiguous();
+  const Tensor len = contiguous_or_undefined(args.lengths);
+  const Batching bt = make_batching(plan, len);  // the forward's, from the same lengths
+  const int64_t N = bt.rows();
+  const Tensor grad_output = bt.to_loop(args.grad_output, 1).contiguous();
   const Tensor gates = args.gates.contiguous(), hs = args.hs.contiguous();
   const Tensor cs = Traits::kHasCell ? args.cs->contiguous() : Tensor();
   const Tensor ctil =
@@ -912,17 +1052,19 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
   Tensor w_hh = args.weight_hh.contiguous();
   if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
   const Tensor w_hr = contiguous_or_undefined(args.weight_hr);
-  const Tensor mh = seq.recurrent_scale;
-  const Tensor len = contiguous_or_undefined(args.lengths);
+  const Tensor mh = bt.to_loop(seq.recurrent_scale);
 
-  Tensor da = at::empty({T, B, GH}, opts);       // dL/d(recurrent term)_t, indexed by t
-  Tensor dgi = Traits::kSeparateRecurrent ? at::empty({T, B, GH}, opts) : da;  // input term's
-  Tensor zpart = args.grad_h_n.contiguous().clone();  // dL/dh carried to the earlier step
-  Tensor dc = Traits::kHasCell ? args.grad_c_n->contiguous().clone() : Tensor();  // dL/dc
-  Tensor dhhat = at::empty({B, R}, opts);             // dL/dĥ from the last step's GEMM
-  Tensor dproj = plan.has_proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
+  // Packed rows (N, ·), by input position t: the running rows of each step.
+  Tensor da = at::empty({N, GH}, opts);          // dL/d(recurrent term)
+  Tensor dgi = Traits::kSeparateRecurrent ? at::empty({N, GH}, opts) : da;  // input term's
+  // dL/dh carried to the earlier step, dL/dc: (B, ·) in the loop's order.
+  Tensor zpart = bt.to_loop(args.grad_h_n).contiguous().clone();
+  Tensor dc = Traits::kHasCell ? bt.to_loop(*args.grad_c_n).contiguous().clone() : Tensor();
+  // dL/dĥ from the last step's GEMM; 0 in rows that have not run yet (see backward_inactive).
+  Tensor dhhat = at::zeros({B, R}, opts);
+  Tensor dproj = plan.has_proj ? at::empty({N, R}, opts) : Tensor();  // dL/d(W_hr h̃)
   Tensor dhtil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
-  Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
+  Tensor htil = plan.has_proj ? at::empty({N, H}, opts) : Tensor();
   // The LN-LSTM's workspace and parameters, and each thread's sums of the bias and LN parameter
   // gradients: [db | dγ_ih | dγ_hh | dγ_c | dβ_c].
   Tensor norm_x, norm_h, norm_c, rstd, ln_gains, param_grads;
@@ -938,14 +1080,16 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
   }
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "layer_backward_cpu", [&] {
-    const int64_t* len_p = plan.has_lengths ? len.data_ptr<int64_t>() : nullptr;
     // dL/dĥ = da_t Ŵ_hh every step, with Ŵ_hh packed once.
     const FixedRightOperand<scalar_t> recurrent(false, B, R, GH, w_hh.data_ptr<scalar_t>(), R);
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
-      const CpuLayer<kCell, scalar_t, kCand, kZoneC, kZoneH> cpu{plan, len_p};
+      const CpuLayer<kCell, scalar_t, kCand, kZoneC, kZoneH> cpu{plan, bt.orig()};
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = plan.time_of(s);
-        scalar_t* da_t = da.data_ptr<scalar_t>() + t * B * GH;
+        const int64_t rows = bt.active[t];
+        const int64_t ran = s == T - 1 ? 0 : bt.active[plan.time_of(s + 1)];
+        const int64_t off = bt.offset[t];
+        scalar_t* da_t = da.data_ptr<scalar_t>() + off * GH;
         const scalar_t* cs_p = ptr_or_null<scalar_t>(cs);
         BackwardStep<scalar_t> step{
             gates.data_ptr<scalar_t>() + t * B * kWorkspaceGates * H,
@@ -961,9 +1105,9 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
             ptr_or_null<scalar_t>(mh),
             ptr_or_null<scalar_t>(dc),
             da_t,
-            Traits::kSeparateRecurrent ? dgi.data_ptr<scalar_t>() + t * B * GH : nullptr,
-            plan.has_proj ? htil.data_ptr<scalar_t>() + t * B * H : nullptr,
-            plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr};
+            Traits::kSeparateRecurrent ? dgi.data_ptr<scalar_t>() + off * GH : nullptr,
+            plan.has_proj ? htil.data_ptr<scalar_t>() + off * H : nullptr,
+            plan.has_proj ? dproj.data_ptr<scalar_t>() + off * R : nullptr};
         if constexpr (Traits::kLayerNorm) {
           step.norm_x = norm_x.data_ptr<scalar_t>() + t * B * GH;
           step.norm_h = norm_h.data_ptr<scalar_t>() + t * B * GH;
@@ -975,26 +1119,36 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
           step.bias_c = step.gain_c + H;
           step.param_grads = param_grads.data_ptr<scalar_t>();
         }
+        cpu.backward_inactive(rows, ran, step);
         if (plan.has_proj) {
-          cpu.backward_projected_state(t, step);
-          gemm_rowmajor<scalar_t>(false, false, B, H, R, 1, step.dproj, R,
+          cpu.backward_projected_state(t, rows, step);
+          gemm_rowmajor<scalar_t>(false, false, rows, H, R, 1, step.dproj, R,
                                   w_hr.data_ptr<scalar_t>(), H, 0, dhtil.data_ptr<scalar_t>(), H);
         }
         if constexpr (Traits::kLayerNorm) {
-          cpu.backward_cell_ln(t, step);
+          cpu.backward_cell_ln(t, rows, step);
         } else {
-          cpu.backward_cell(t, step);
+          cpu.backward_cell(t, rows, step);
         }
-        // dL/dĥ_{s-1} = da_t Ŵ_hh
-        recurrent.gemm(da_t, GH, 0, dhhat.data_ptr<scalar_t>(), R);
+        // dL/dĥ_{s-1} = da_t Ŵ_hh, for the rows that ran (the others keep theirs: see
+        // backward_inactive)
+        recurrent.gemm(rows, da_t, GH, 0, dhhat.data_ptr<scalar_t>(), R);
       }
     });
   });
 
-  // dL/dh0 = the carried share + dĥ ⊙ mh from the first step.
-  Tensor grad_h0 = T > 0 ? zpart + (mh.defined() ? dhhat * mh : dhhat) : zpart;
-  LayerGrads grads = input_and_weight_gradients(plan, seq, input, args.weight_ih, dgi, da, hs,
-                                                dproj, htil, std::move(grad_h0), std::move(dc));
+  // dL/dh0 = the carried share + dĥ ⊙ mh from the first step (the rows that ran at it; the
+  // others took theirs in backward_inactive).
+  Tensor grad_h0 = zpart;
+  if (T > 0) {
+    const int64_t first = bt.active[plan.time_of(0)];
+    Tensor d = dhhat.narrow(0, 0, first);
+    if (mh.defined()) d = d * mh.narrow(0, 0, first);
+    grad_h0.narrow(0, 0, first).add_(d);
+  }
+  LayerGrads grads = packed_input_and_weight_gradients(
+      plan, bt, seq, input, args.weight_ih, dgi, da, hs, dproj, htil, bt.to_samples(grad_h0),
+      dc.defined() ? bt.to_samples(dc) : dc);
   if constexpr (Traits::kLayerNorm) {
     // The bias enters after the LNs: its gradient is the sum of dL/da, not of dgi or da.
     const Tensor sums = param_grads.sum(0);

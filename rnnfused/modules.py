@@ -19,7 +19,7 @@ from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from .functional import GRU_RATE_NAMES, RATE_NAMES, _seed_tensor, check_rate, gru_layer, lstm_layer
 
@@ -263,7 +263,12 @@ class RNNBase(nn.Module):
     def _time_major(self, input):
         """(x (T, B, I), lengths or None, unbatched) of a Tensor or a PackedSequence."""
         if isinstance(input, PackedSequence):
-            x, lengths = pad_packed_sequence(input, batch_first=False)  # original sample order
+            # What pad_packed_sequence returns (original sample order, zeros past each length), as one
+            # scatter whose backward is one gather (pad_packed_sequence's autograd copies slice by slice).
+            rows, lengths = _packed_rows(input)
+            T, B = len(input.batch_sizes), lengths.numel()
+            data = input.data
+            x = data.new_zeros(T * B, data.shape[-1]).index_copy(0, rows, data).view(T, B, -1)
             return x, lengths, False
         if not isinstance(input, Tensor):
             raise TypeError(f"{self._name}: input must be a Tensor or a PackedSequence, got "
@@ -325,17 +330,31 @@ class RNNBase(nn.Module):
         output, finals = self._stack(x, states, lengths)
 
         if isinstance(input, PackedSequence):
-            sorted_indices = input.sorted_indices
-            if sorted_indices is not None:
-                output = output.index_select(1, sorted_indices)
-                lengths = lengths.index_select(0, sorted_indices.cpu())
-            data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
-            output = PackedSequence(data, input.batch_sizes, sorted_indices, input.unsorted_indices)
+            rows, _ = _packed_rows(input)
+            data = output.reshape(-1, output.shape[-1]).index_select(0, rows)
+            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
         elif unbatched:
             output, finals = output.squeeze(1), [f.squeeze(1) for f in finals]
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, self._as_hx(finals)
+
+
+def _packed_rows(packed: PackedSequence) -> Tuple[Tensor, Tensor]:
+    """(rows, lengths) of a PackedSequence: rows (N,) the position t * B + b in the padded (T, B) batch,
+    samples in their original order, of each of its N packed rows; lengths (B,) int64 on the CPU, in the
+    original order (as pad_packed_sequence returns them)."""
+    sizes = packed.batch_sizes.to("cpu", torch.int64)
+    T, B = sizes.numel(), int(sizes[0]) if sizes.numel() else 0
+    t = torch.repeat_interleave(torch.arange(T), sizes)
+    i = torch.arange(t.numel()) - (torch.cumsum(sizes, 0) - sizes)[t]
+    by_rank = (sizes.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)  # lengths, longest first
+    order = packed.sorted_indices
+    if order is None:
+        return (t * B + i).to(packed.data.device), by_rank
+    order = order.to("cpu", torch.int64)
+    lengths = torch.empty_like(by_rank).index_copy_(0, order, by_rank)
+    return (t * B + order[i]).to(packed.data.device), lengths
 
 
 class LSTM(RNNBase):

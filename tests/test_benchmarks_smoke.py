@@ -143,6 +143,44 @@ def test_run_of_the_layer_normalized_lstm_compares_it_with_nn_lstm(tmp_path, ben
     assert run._harness.cells_of("both") == ["lstm", "gru"]
 
 
+def test_run_packed_times_padded_against_packed_for_the_baseline_and_rnnfused(tmp_path, bench):
+    run, report, variants = bench
+    run.main(["--device", "cpu", "--packed", "--configs", "8,3,8,8", "--repeats", "2", "--warmup", "1",
+              "--no-compile", "--threads", "1", "--out", str(tmp_path)])
+    [json_path] = tmp_path.glob("*.json")
+    assert json_path.name.endswith("-packed.json")
+    result = json.loads(json_path.read_text())
+    assert "uniform in [T/4, T]" in result["packed_lengths"]
+    for cell, base in BASELINES.items():
+        rows = {r["variant"]: r for r in result["results"] if r["cell"] == cell}
+        want = {base, base + "-packed", "rnnfused-reg", "rnnfused-reg-packed"}
+        assert set(result["variants"][cell]) == want          # opt-in: nothing else unless --variants asks
+        assert set(rows) == want, [s for s in result["skipped"] if s["cell"] == cell]
+        for name in (base + "-packed", "rnnfused-reg-packed"):
+            assert set(rows[name]["vs_padded"]) == {"fwd", "fwdbwd"} and rows[name]["vs_padded"]["fwd"] > 0
+    assert (35, 32, 200, 200) in run.PACKED_EXTRA_CONFIGS    # the word LM demo's shape, in the default configs
+    # The default run does not time the packed variants.
+    assert not any(n.endswith("-packed") for n in variants.variants(variants.CELLS["lstm"]))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_packed_variants_compute_the_padded_batch_cut_at_its_lengths(bench, cell):
+    """The '-packed' wrapper feeds the module a PackedSequence of packed_lengths(T, B) and pads the output back:
+    nn.<Cell> and rnnfused (every rate 0) agree on it, and each length is honoured (zeros past it)."""
+    _, _, variants = bench
+    kind = variants.CELLS[cell]
+    T, B = 9, 4
+    ref = variants.reference(kind, T, B, 5, 6, dtype=torch.float64, device="cpu")
+    lengths = variants.packed_lengths(T, B)
+    assert lengths.min() >= T // 4 and lengths.max() <= T
+    x = torch.randn(T, B, 5, dtype=torch.float64)
+    want, _ = variants.build(kind.baseline + "-packed", ref, kind)(x)
+    got, _ = variants.Packed(variants.build("rnnfused", ref, kind))(x)
+    torch.testing.assert_close(got, want)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.all(want[n:, b] == 0) and torch.all(want[:n, b] != 0)
+
+
 def test_layer_normalized_cell_loop_without_regularization_is_the_reference_ln_lstm(bench):
     """The LN-LSTM loop with every rate 0 computes SPEC §2c's LN-LSTM (rnnfused.reference with the loop's
     gains), outputs, final state and gradients; with rates on it runs forward and backward."""
