@@ -102,6 +102,20 @@ struct LayerNormWorkspace {
   const Tensor& rstd;
 };
 
+// The LN parameters as the kernels read them: one contiguous [γ_ih | γ_hh | γ_c | β_c].
+Tensor flat_layer_norm_params(const LayerNormParams& ln);
+
+// The LN workspace as backward reads it, contiguous.
+struct LayerNormSaved {
+  Tensor norm_x, norm_h, norm_c, rstd;
+  explicit LayerNormSaved(const LayerNormWorkspace& ws)
+      : norm_x(ws.norm_x.contiguous()),
+        norm_h(ws.norm_h.contiguous()),
+        norm_c(ws.norm_c.contiguous()),
+        rstd(ws.rstd.contiguous()) {}
+  LayerNormSaved() = default;
+};
+
 // Width of the gates workspace per sample, for both cells: 4H.
 constexpr int kWorkspaceGates = 4;
 

@@ -903,8 +903,7 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   const LayerNormParams* ln = args.ln;
   Tensor ln_gains;  // [γ_ih | γ_hh | γ_c | β_c], contiguous
   if constexpr (Traits::kLayerNorm) {
-    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
-                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    ln_gains = flat_layer_norm_params(*ln);
     // Zeros at the padded positions, which no pass writes when packed.
     rstd = bt.packed ? at::zeros({T, B, 3}, opts) : at::empty({T, B, 3}, opts);
     if (need_workspace) {
@@ -1067,15 +1066,12 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
   Tensor htil = plan.has_proj ? at::empty({N, H}, opts) : Tensor();
   // The LN-LSTM's workspace and parameters, and each thread's sums of the bias and LN parameter
   // gradients: [db | dγ_ih | dγ_hh | dγ_c | dβ_c].
-  Tensor norm_x, norm_h, norm_c, rstd, ln_gains, param_grads;
+  LayerNormSaved saved;
+  Tensor ln_gains, param_grads;
   if constexpr (Traits::kLayerNorm) {
     const LayerNormParams* ln = args.ln;
-    norm_x = args.ln_ws->norm_x.contiguous();
-    norm_h = args.ln_ws->norm_h.contiguous();
-    norm_c = args.ln_ws->norm_c.contiguous();
-    rstd = args.ln_ws->rstd.contiguous();
-    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
-                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    saved = LayerNormSaved(*args.ln_ws);
+    ln_gains = flat_layer_norm_params(*ln);
     param_grads = at::zeros({at::get_num_threads(), 3 * GH + 2 * H}, opts);
   }
 
@@ -1109,10 +1105,10 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
             plan.has_proj ? htil.data_ptr<scalar_t>() + off * H : nullptr,
             plan.has_proj ? dproj.data_ptr<scalar_t>() + off * R : nullptr};
         if constexpr (Traits::kLayerNorm) {
-          step.norm_x = norm_x.data_ptr<scalar_t>() + t * B * GH;
-          step.norm_h = norm_h.data_ptr<scalar_t>() + t * B * GH;
-          step.norm_c = norm_c.data_ptr<scalar_t>() + t * B * H;
-          step.rstd = rstd.data_ptr<scalar_t>() + t * B * 3;
+          step.norm_x = saved.norm_x.data_ptr<scalar_t>() + t * B * GH;
+          step.norm_h = saved.norm_h.data_ptr<scalar_t>() + t * B * GH;
+          step.norm_c = saved.norm_c.data_ptr<scalar_t>() + t * B * H;
+          step.rstd = saved.rstd.data_ptr<scalar_t>() + t * B * 3;
           step.gain_x = ln_gains.data_ptr<scalar_t>();
           step.gain_h = step.gain_x + GH;
           step.gain_c = step.gain_x + 2 * GH;

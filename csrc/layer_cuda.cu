@@ -583,6 +583,24 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
   return total;
 }
 
+// LN of one row of n values in place by the whole block (two passes); returns its rstd.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t block_normalize_row(scalar_t* v, int64_t n, acc_t* shared) {
+  acc_t sum = 0;
+  for (int64_t u = threadIdx.x; u < n; u += blockDim.x) sum += static_cast<acc_t>(v[u]);
+  const acc_t mean = block_sum(sum, shared) / acc_t(n);
+  acc_t sq = 0;
+  for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
+    const acc_t d = static_cast<acc_t>(v[u]) - mean;
+    sq += d * d;
+  }
+  const acc_t r = layer_norm_rstd<acc_t>(block_sum(sq, shared), n);
+  for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
+    v[u] = static_cast<scalar_t>((static_cast<acc_t>(v[u]) - mean) * r);
+  }
+  return r;
+}
+
 // LN of rows of a (rows, n) tensor in place; rstd[row * 3 + slot] = the row's rstd.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
@@ -590,19 +608,7 @@ __global__ void __launch_bounds__(kThreads)
                    int64_t n) {
   __shared__ acc_t shared[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    scalar_t* v = x + row * n;
-    acc_t sum = 0;
-    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) sum += static_cast<acc_t>(v[u]);
-    const acc_t mean = block_sum(sum, shared) / acc_t(n);
-    acc_t sq = 0;
-    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
-      const acc_t d = static_cast<acc_t>(v[u]) - mean;
-      sq += d * d;
-    }
-    const acc_t r = layer_norm_rstd<acc_t>(block_sum(sq, shared), n);
-    for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
-      v[u] = static_cast<scalar_t>((static_cast<acc_t>(v[u]) - mean) * r);
-    }
+    const acc_t r = block_normalize_row<scalar_t, acc_t>(x + row * n, n, shared);
     if (threadIdx.x == 0) rstd[row * 3 + slot] = static_cast<scalar_t>(r);
   }
 }
@@ -665,18 +671,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     // LN(Ŵ_hh ĥ_{t-1}) in place.
     scalar_t* v = const_cast<scalar_t*>(s.gh) + b * GH;
-    acc_t sum = 0;
-    for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) sum += static_cast<acc_t>(v[u]);
-    const acc_t mean_h = block_sum(sum, shared) / acc_t(GH);
-    acc_t sq = 0;
-    for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) {
-      const acc_t d = static_cast<acc_t>(v[u]) - mean_h;
-      sq += d * d;
-    }
-    const acc_t rstd_h = layer_norm_rstd<acc_t>(block_sum(sq, shared), GH);
-    for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) {
-      v[u] = static_cast<scalar_t>((static_cast<acc_t>(v[u]) - mean_h) * rstd_h);
-    }
+    const acc_t rstd_h = block_normalize_row<scalar_t, acc_t>(v, GH, shared);
     __syncthreads();
     // The gates and c̃ (into y, before its LN).
     const scalar_t* x = s.pre + b * GH;
@@ -930,8 +925,7 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   Tensor ln_gains;  // [γ_ih | γ_hh | γ_c | β_c]
   if constexpr (Traits::kLayerNorm) {
     const LayerNormParams* ln = args.ln;
-    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
-                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    ln_gains = flat_layer_norm_params(*ln);
     rstd = at::empty({T, B, 3}, opts);
     const int64_t steps = need_workspace ? T : 1;
     norm_h = at::empty({steps, B, G * H}, opts);
@@ -1084,15 +1078,12 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
   Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
   // The LN-LSTM's workspace and parameters; dgi receives dL/da in the loop (the input LN's
   // backward runs after it), dq dL/dq of q = LN(c̃) γ_c + β_c.
-  Tensor norm_x, norm_h, norm_c, rstd, ln_gains, dq;
+  LayerNormSaved saved;
+  Tensor ln_gains, dq;
   if constexpr (Traits::kLayerNorm) {
     const LayerNormParams* ln = args.ln;
-    norm_x = args.ln_ws->norm_x.contiguous();
-    norm_h = args.ln_ws->norm_h.contiguous();
-    norm_c = args.ln_ws->norm_c.contiguous();
-    rstd = args.ln_ws->rstd.contiguous();
-    ln_gains = at::cat({ln->weight_ih.reshape({-1}), ln->weight_hh.reshape({-1}),
-                        ln->weight_c.reshape({-1}), ln->bias_c.reshape({-1})});
+    saved = LayerNormSaved(*args.ln_ws);
+    ln_gains = flat_layer_norm_params(*ln);
     dq = at::empty({T, B, H}, opts);
   }
   LayerGrads ln_grads;
@@ -1130,9 +1121,9 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
             plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr,
             plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
         if constexpr (Traits::kLayerNorm) {
-          step.norm_h = norm_h.data_ptr<scalar_t>() + t * B * G * H;
-          step.norm_c = norm_c.data_ptr<scalar_t>() + t * B * H;
-          step.rstd = rstd.data_ptr<scalar_t>() + t * B * 3;
+          step.norm_h = saved.norm_h.data_ptr<scalar_t>() + t * B * G * H;
+          step.norm_c = saved.norm_c.data_ptr<scalar_t>() + t * B * H;
+          step.rstd = saved.rstd.data_ptr<scalar_t>() + t * B * 3;
           step.gain_h = ln_gains.data_ptr<scalar_t>() + G * H;
           step.gain_c = ln_gains.data_ptr<scalar_t>() + 2 * G * H;
           step.bias_c = step.gain_c + H;
@@ -1172,15 +1163,15 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
       const Tensor dq_all = dq.view({T * B, H});
       auto column_sums = [&](const Tensor& v) { return v.sum(0, false, acc_type).to(opts.dtype()); };
       if (plan.has_bias) ln_grads.grad_bias_ih = column_sums(da_all);
-      ln_grads.grad_ln_weight_ih = column_sums(da_all * norm_x.view({T * B, G * H}));
-      ln_grads.grad_ln_weight_hh = column_sums(da_all * norm_h.view({T * B, G * H}));
-      ln_grads.grad_ln_weight_c = column_sums(dq_all * norm_c.view({T * B, H}));
+      ln_grads.grad_ln_weight_ih = column_sums(da_all * saved.norm_x.view({T * B, G * H}));
+      ln_grads.grad_ln_weight_hh = column_sums(da_all * saved.norm_h.view({T * B, G * H}));
+      ln_grads.grad_ln_weight_c = column_sums(dq_all * saved.norm_c.view({T * B, H}));
       ln_grads.grad_ln_bias_c = column_sums(dq_all);
       if (T * B > 0) {
         ln_rows_backward_kernel<scalar_t, acc_t>
             <<<std::min<int64_t>(T * B, 65535), kThreads, 0, stream>>>(
-                dgi.data_ptr<scalar_t>(), norm_x.data_ptr<scalar_t>(),
-                ln_gains.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
+                dgi.data_ptr<scalar_t>(), saved.norm_x.data_ptr<scalar_t>(),
+                ln_gains.data_ptr<scalar_t>(), saved.rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }

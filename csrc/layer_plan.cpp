@@ -267,6 +267,11 @@ LayerOutputs finish_forward(const LayerPlan& plan, bool need_workspace, Tensor o
   return out;
 }
 
+Tensor flat_layer_norm_params(const LayerNormParams& ln) {
+  return at::cat({ln.weight_ih.reshape({-1}), ln.weight_hh.reshape({-1}), ln.weight_c.reshape({-1}),
+                  ln.bias_c.reshape({-1})});
+}
+
 void finish_forward_ln(bool need_workspace, LayerOutputs& out, Tensor norm_x, Tensor norm_h,
                        Tensor norm_c, Tensor rstd) {
   const auto opts = out.output.options();
