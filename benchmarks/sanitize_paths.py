@@ -12,7 +12,8 @@ dtype). In float32 also with no regularizer and with each one alone, and the see
 Each dtype also at an odd size (no multiple of the launch's 128 threads nor of Philox's 4 draws).
 Then the modules: rnnfused.LSTM stacked, bidirectional, projected, on packed input and under
 bfloat16 autocast. The GRU (functional.gru_layer, rnnfused.GRU) the same way where this rnnfused has
-it, and the layer-normalized LSTM where rnnfused.LSTM takes `layer_norm`.
+it, and the layer-normalized LSTM (functional.lstm_layer with its LN parameters, and the module
+with layer_norm=True) the same way.
 
 Prints one line per path and a last line with the counts; exits 1 when any path raised (or gave a
 non-finite result), 2 when it cannot run at all (no CUDA device, rnnfused not built with its CUDA
@@ -52,7 +53,7 @@ def parse_args(argv=None):
                    help="one small LSTM call, forward+backward (for racecheck)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: the same paths on the CPU kernels, to check this script without a GPU")
-    p.add_argument("--cell", choices=["all", "lstm", "gru"], default="all", help="which cells to run")
+    p.add_argument("--cell", choices=["all", "lstm", "gru", "lnlstm"], default="all", help="which cells to run")
     return p.parse_args(argv)
 
 
@@ -130,7 +131,8 @@ def run_layer(fn, args: tuple, kw: dict, grad: bool, gen, n_states: int):
     return results
 
 
-def lstm_call(device, dtype, size, P, reverse, with_lengths, mode, rates, seed=SEED, layer=1):
+def lstm_call(device, dtype, size, P, reverse, with_lengths, mode, rates, seed=SEED, layer=1,
+              layer_norm=False):
     from rnnfused import functional as F
 
     def call():
@@ -150,6 +152,11 @@ def lstm_call(device, dtype, size, P, reverse, with_lengths, mode, rates, seed=S
                 rand(gen, p, H, dtype=dtype, device=device, scale=s, grad=grad) if p else None)
         kw = dict(seed=seed, training=training, layer=layer, reverse=reverse,
                   lengths=lengths_for(T, B, gen) if with_lengths else None, **rates)
+        if layer_norm:  # the layer-normalized LSTM: gains around 1, a shift around 0
+            kw.update(ln_weight_ih=1 + rand(gen, 4 * H, dtype=dtype, device=device, scale=0.1, grad=grad),
+                      ln_weight_hh=1 + rand(gen, 4 * H, dtype=dtype, device=device, scale=0.1, grad=grad),
+                      ln_weight_c=1 + rand(gen, H, dtype=dtype, device=device, scale=0.1, grad=grad),
+                      ln_bias_c=rand(gen, H, dtype=dtype, device=device, scale=0.1, grad=grad))
         return run_layer(F.lstm_layer, args, kw, grad, gen, n_states=2)
     return call
 
@@ -233,7 +240,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         dtypes += [torch.float16, torch.bfloat16]
     gru = gru_available()
-    cells = ["lstm", "gru"] if args.cell == "all" else [args.cell]
+    cells = ["lstm", "gru", "lnlstm"] if args.cell == "all" else [args.cell]
     if "gru" in cells and not gru:
         print("skip    gru: this rnnfused has no rnnfused.GRU / functional.gru_layer", flush=True)
         cells.remove("gru")
@@ -241,10 +248,11 @@ def main(argv=None) -> int:
 
     for cell in cells:
         def call(dtype, size, P, reverse, with_lengths, mode, rates, seed=SEED, cell=cell):
-            if cell == "lstm":
-                return lstm_call(device, dtype, size, P, reverse, with_lengths, mode, rates, seed)
+            if cell in ("lstm", "lnlstm"):
+                return lstm_call(device, dtype, size, P, reverse, with_lengths, mode, rates, seed,
+                                 layer_norm=cell == "lnlstm")
             return gru_call(device, dtype, size, reverse, with_lengths, mode, rates, seed)
-        projections = [False, True] if cell == "lstm" else [False]
+        projections = [False, True] if cell != "gru" else [False]
         for dtype in dtypes:
             dt = str(dtype).replace("torch.", "")
             # every regularizer on; in float32 and float64 every combination of projection,
