@@ -8,6 +8,7 @@ copy that ships inside the package loads with the published token counts.
 """
 
 import importlib.util
+import json
 import math
 import os
 import socket
@@ -109,6 +110,30 @@ def test_word_language_model_smoke_with_layer_norm(tmp_path):
                     [sys.executable, str(LM / "main.py"), "--smoke", "--layer-norm", "--lstm", "torch"]):
         proc = subprocess.run(refused, cwd=tmp_path, env=example_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0 and "layer norm" in proc.stderr, proc.stderr[-4000:]
+
+
+def test_word_language_model_char_level_smoke_time_budget_and_generate(tmp_path):
+    out = tmp_path / "lm"
+    result = run_example(LM / "main.py", "--smoke", "--char", "--time-cell-loop", "2", "--candidate-dropout", "0",
+                         "--out-dir", str(out), "--no-progress", cwd=tmp_path)   # the loop has no candidate dropout
+    assert (result["lstm"], result["level"], result["epochs"]) == ("rnnfused", "char", "2")
+    assert 0.0 < float(result["test_bpc"]) < 10.0 and "test_ppl" not in result     # bits per character
+    assert "character-level" in result["stdout"] and "valid bpc" in result["stdout"]
+    assert "extrapolated from 2 timed batches" in result["stdout"] and float(result["cell_loop_train_s_est"]) >= 0
+    history = json.loads((out / "history.json").read_text())
+    assert all("valid_bpc" in h for h in history["history"]) and (out / "learning_curve.png").exists()
+    proc = subprocess.run([sys.executable, str(LM / "generate.py"), "--checkpoint", str(out / "model.pt"),
+                           "--words", "40", "--prompt", "The "], cwd=tmp_path, env=example_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("The ") and len(proc.stdout) >= 40, proc.stderr[-4000:]
+
+    # --time-budget: training stops inside the first epoch, which is then evaluated; torch.nn.LSTM too.
+    budget = run_example(LM / "main.py", "--smoke", "--char", "--lstm", "torch", "--time-budget", "0.001",
+                         "--epochs", "5", "--max-batches", "0", "--no-variable-bptt", "--out-dir", str(tmp_path / "budget"),
+                         "--no-progress", cwd=tmp_path)
+    assert (budget["lstm"], budget["epochs"]) == ("torch", "1") and "time budget" in budget["stdout"]
+    assert int(budget["train_tokens"]) == 4 * 30            # one batch: 4 columns x 30 characters
+    assert math.isfinite(float(budget["test_bpc"]))
 
 
 # The two small examples: directory, plot, and the RESULT fields that must be numbers in a range.

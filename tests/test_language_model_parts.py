@@ -136,3 +136,58 @@ def test_plateau_schedule_keeps_the_optimizers_rate():
     main = _lm_main()
     args = main.parse_args(["--preset", "medium", "--schedule", "plateau"])
     assert main.scheduled_lr(args, 1.25, 0.0) == main.scheduled_lr(args, 1.25, 17.5) == 1.25
+
+
+def test_char_corpus_reads_the_tokenized_text_as_characters(tmp_path):
+    from data import UNK_CHAR, CharCorpus
+
+    (tmp_path / "train.txt").write_text(" = Title = \n \n The cat sat <unk> . \n")
+    (tmp_path / "valid.txt").write_text(" The dog ! \n")
+    (tmp_path / "test.txt").write_text(" cat \n")
+    corpus = CharCorpus(tmp_path)
+    vocab = corpus.dictionary.idx2word
+    decode = lambda ids: "".join(vocab[i] for i in ids.tolist())        # noqa: E731
+    assert vocab[0] == UNK_CHAR and len(set(vocab)) == len(vocab)
+    assert decode(corpus.train) == "= Title =\n\nThe cat sat <unk> .\n"    # tokens joined by one space
+    assert decode(corpus.valid) == f"The {UNK_CHAR * 3} {UNK_CHAR}\n"  # 'd', 'o', 'g', '!' are not in train
+    assert corpus.unknown == dict(train=0, valid=4, test=0)
+    cut = CharCorpus(tmp_path, train_chars=12, valid_chars=3, test_chars=0)
+    assert (cut.train.numel(), cut.valid.numel(), cut.test.numel()) == (12, 3, 4)
+    assert "".join(cut.dictionary.idx2word[1:]) == "= Title\n"    # the slice's characters, first seen first
+
+
+def test_char_metric_is_bits_per_character_and_word_metric_perplexity():
+    import math
+
+    main = _lm_main()
+    char = main.parse_args(["--preset", "char-demo"])
+    word = main.parse_args(["--preset", "cpu-demo"])
+    assert char.char and not word.char and (char.softmax, char.tied) == ("full", False)
+    assert main.metric(char, math.log(2.0) * 1.5) == pytest.approx(1.5)
+    assert main.metric(word, math.log(100.0)) == pytest.approx(100.0)
+    assert main.metric_name(char) == "bpc" and main.metric_name(word) == "ppl"
+
+
+def test_cell_loop_computes_the_fused_layers_function_in_eval_and_trains_a_step():
+    import rnnfused
+    from cell_loop import LSTMCellLoop, time_cell_loop
+
+    torch.manual_seed(0)
+    fused = rnnfused.LSTM(6, 10, input_dropout=0.2, weight_drop=0.3, zoneout_c=0.2, zoneout_h=0.1,
+                          recurrent_dropout=0.1)
+    loop = LSTMCellLoop(fused)
+    assert (loop.weight_drop, loop.zoneout_c, loop.zoneout_h) == (pytest.approx(0.3), pytest.approx(0.2),
+                                                                   pytest.approx(0.1))
+    x, hx = torch.randn(7, 3, 6), (torch.randn(1, 3, 10), torch.randn(1, 3, 10))
+    fused.eval(), loop.eval()
+    with torch.no_grad():                      # eval: dropouts off, zoneout its expectation, in both
+        (y1, (h1, c1)), (y2, (h2, c2)) = fused(x, hx), loop(x, hx)
+    torch.testing.assert_close(y2, y1), torch.testing.assert_close(c2, c1)
+    with pytest.raises(ValueError, match="candidate"):
+        LSTMCellLoop(rnnfused.LSTM(6, 10, candidate_dropout=0.1))
+
+    model = RNNModel(V, 8, 16, 1, softmax="full", tie_weights=False, wdrop=0.2, zoneout_c=0.1)
+    tokens = torch.randint(0, V, (9, 2))
+    t = time_cell_loop(model, [(tokens[:-1], tokens[1:])] * 2, clip=1.0, lr=1e-3)
+    assert t["batches"] == 2 and t["fused_s"] > 0 and t["loop_s"] > 0
+    assert isinstance(model.rnns[0], rnnfused.LSTM)          # the model itself is left as it was

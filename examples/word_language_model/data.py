@@ -10,16 +10,72 @@ downloaded). This file adds how the training loop walks over a batchified stream
   move from epoch to epoch and every token gets to be at every position of a window;
 - :func:`epoch_window` picks the rows one epoch trains on, when an epoch covers only a fraction of the
   training stream (the ``cpu-demo`` preset): consecutive epochs take consecutive slices.
+
+:class:`CharCorpus` is the character-level view of the same files (the ``char-demo`` preset): the packaged
+WikiText-2 is the tokenized word-level text, so its characters are those of that text (words separated
+by single spaces, ``<unk>`` spelled out as the five characters it is written with, ``\n`` at each line's
+end), optionally cut to the first N characters of each split.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from rnnfused.data import Corpus, batchify  # noqa: F401  (re-exported for main.py / generate.py)
+from rnnfused.data import (WIKITEXT2_DIR, Corpus, Dictionary, _find_split, batchify,  # noqa: F401  (re-exported)
+                           read_lines)
+
+UNK_CHAR = "\ufffd"      # the id of every character the training slice lacks (REPLACEMENT CHARACTER)
+
+
+def char_text(path, max_chars: int = 0) -> str:
+    """The characters of a WikiText file as the character-level model reads them: each line's tokens
+    joined by single spaces, then ``\n`` (the word-level loader's ``<eos>``); the first ``max_chars``
+    of them when ``max_chars > 0``."""
+    parts, size = [], 0
+    for line in read_lines(path):
+        piece = " ".join(line.split()) + "\n"
+        parts.append(piece)
+        size += len(piece)
+        if max_chars and size >= max_chars:
+            break
+    text = "".join(parts)
+    return text[:max_chars] if max_chars else text
+
+
+class CharCorpus:
+    """Character-level corpus with the word-level :class:`Corpus`'s interface (``dictionary``, ``train``,
+    ``valid``, ``test`` as 1-D LongTensors), so the training loop does not care which it has.
+
+    The vocabulary is the characters of the training slice (in order of first appearance) plus
+    :data:`UNK_CHAR` at id 0, which every character of valid/test that the slice lacks maps to (a
+    handful in WikiText-2: accented and non-Latin letters). ``train_chars`` / ``valid_chars`` /
+    ``test_chars`` keep the first N characters of each split (0 = all of it).
+    """
+
+    def __init__(self, path=None, train_chars: int = 0, valid_chars: int = 0, test_chars: int = 0):
+        directory = WIKITEXT2_DIR if path is None else Path(path)
+        self.path = directory
+        self.limits = dict(train=train_chars, valid=valid_chars, test=test_chars)
+        texts = {split: char_text(_find_split(directory, split), self.limits[split])
+                 for split in ("train", "valid", "test")}
+        self.dictionary = Dictionary([UNK_CHAR])
+        for ch in texts["train"]:
+            if ch not in self.dictionary.word2idx:
+                self.dictionary.add_word(ch)
+        w2i = self.dictionary.word2idx
+        self.unknown = {}
+        for split, text in texts.items():
+            ids = [w2i.get(ch, 0) for ch in text]
+            self.unknown[split] = ids.count(0)
+            setattr(self, split, torch.tensor(ids, dtype=torch.long))
+
+    def __repr__(self) -> str:
+        return (f"CharCorpus({str(self.path)!r}: {len(self.dictionary)} characters, train={self.train.numel()}, "
+                f"valid={self.valid.numel()}, test={self.test.numel()} characters)")
 
 
 def get_batch(source: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

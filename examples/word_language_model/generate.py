@@ -3,6 +3,7 @@
     python3 examples/word_language_model/generate.py --checkpoint runs/cpu-demo-rnnfused/model.pt \\
         --words 200 --temperature 0.8 --prompt "The game"
 
+A character-level model (``--char``) writes ``--words`` characters and reads ``--prompt`` as characters.
 ``--temperature`` divides the log-probabilities before sampling: below 1 is more conservative, above 1 more
 diverse. The vocabulary and the model's configuration are read from the checkpoint (``model.pt`` or
 ``checkpoint.pt``). ``--lstm torch`` loads rnnfused-trained weights into ``torch.nn.LSTM`` (the parameter
@@ -56,7 +57,7 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default="runs/cpu-demo-rnnfused/model.pt")
-    p.add_argument("--words", type=int, default=100, help="number of words to generate")
+    p.add_argument("--words", type=int, default=100, help="number of words (characters, for a --char model) to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
     p.add_argument("--prompt", default="", help="words to start from (unknown words become <unk>)")
     p.add_argument("--seed", type=int, default=1111)
@@ -69,9 +70,13 @@ def main(argv=None) -> str:
 
     torch.manual_seed(args.seed)
     model, vocab = load_model(args.checkpoint, args.lstm, args.device)
+    char = bool(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["args"].get("char"))
     word2idx = {w: i for i, w in enumerate(vocab)}
-    unk = word2idx.get("<unk>", 0)
-    prompt = [word2idx.get(w, unk) for w in args.prompt.split()] or [word2idx.get("<eos>", 0)]
+    if char:   # unknown characters are id 0; a model starts from a line's end
+        prompt = [word2idx.get(c, 0) for c in args.prompt] or [word2idx.get("\n", 0)]
+    else:
+        unk = word2idx.get("<unk>", 0)
+        prompt = [word2idx.get(w, unk) for w in args.prompt.split()] or [word2idx.get("<eos>", 0)]
 
     hidden = model.init_hidden(1)
     words = [vocab[i] for i in prompt] if args.prompt else []
@@ -84,12 +89,12 @@ def main(argv=None) -> str:
             idx = int(torch.multinomial(probs, 1))
             words.append(vocab[idx])
             tokens = torch.tensor([[idx]], device=args.device)
-    text = " ".join(words).replace(" <eos> ", "\n").replace("<eos>", "\n")
+    text = "".join(words) if char else " ".join(words).replace(" <eos> ", "\n").replace("<eos>", "\n")
     if args.outf == "-":
         print(text)
     else:
         Path(args.outf).write_text(text + "\n")
-        print(f"wrote {args.words} words to {args.outf}")
+        print(f"wrote {args.words} {'characters' if char else 'words'} to {args.outf}")
     return text
 
 

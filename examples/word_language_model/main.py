@@ -7,6 +7,7 @@ weight tying, gradient clipping, variable-length BPTT, early stopping on validat
     python3 examples/word_language_model/main.py --preset cpu-demo            # ~8 min on 2 CPU cores
     python3 examples/word_language_model/main.py --preset cpu-demo --lstm torch   # same, torch.nn.LSTM
     python3 examples/word_language_model/main.py --preset cpu-demo --layer-norm   # layer-normalized LSTM
+    python3 examples/word_language_model/main.py --preset char-demo           # characters, ~5 min on 1 core
     python3 examples/word_language_model/main.py --preset medium --device cuda   # 2x650, GPU-sized
     python3 examples/word_language_model/main.py --preset awd --device cuda      # 3-layer AWD-LSTM size
     python3 examples/word_language_model/main.py --smoke                      # seconds, for CI
@@ -51,7 +52,7 @@ except ImportError as e:
 
 from rnnfused.regularization import EarlyStopping, ar_loss, tar_loss  # noqa: E402
 
-from data import Corpus, batchify, bptt_schedule, epoch_window, get_batch  # noqa: E402
+from data import CharCorpus, Corpus, batchify, bptt_schedule, epoch_window, get_batch  # noqa: E402
 from model import RNNModel, repackage_hidden  # noqa: E402
 from progress import ProgressBar  # noqa: E402
 
@@ -67,6 +68,22 @@ PRESETS = {
         optimizer="adam", lr=8e-3, schedule="cosine", lr_decay=1.0, wdecay=0.0, clip=0.25, epochs=6, train_fraction=0.2,
         patience=2, dropout=0.1, dropouth=0.1, dropouti=0.1, dropoute=0.05, wdrop=0.1, zoneout=0.05,
         recurrent_dropout=0.0, candidate_dropout=0.0, alpha=2.0, beta=1.0, variable_bptt=True,
+    ),
+    # Character level, on a slice of WikiText-2 small enough that an unregularized model overfits within
+    # the budget: the first 125,000 characters of train.txt, the first 100,000 of valid.txt (every epoch)
+    # and all of test.txt (once, at the end). 24 epochs (3.0M characters, ~5 min of one quiet core; at
+    # this size rnnfused.LSTM and torch.nn.LSTM train at the same speed), no early stopping: the best
+    # epoch's weights are tested. --time-budget S stops on the clock instead. The rates are the ones chosen
+    # on validation in REGIME.md (3 runs per arm at 12 epochs): locked dropout 0.25 on the input and the
+    # output and embedding dropout 0.05 for both LSTMs, plus weight drop 0.2 and zoneout 0.05 inside
+    # rnnfused.LSTM (off, and said so, with --lstm torch). At 24 epochs they are a one-seed probe so far.
+    "char-demo": dict(
+        char=True, train_chars=125_000, valid_chars=100_000, test_chars=0, time_budget=0.0, time_cell_loop=5,
+        emsize=64, nhid=384, nlayers=1, tied=False, softmax="full", cutoffs=None, batch_size=16, bptt=100,
+        eval_batch_size=50, optimizer="adam", lr=5e-3, schedule="plateau", lr_decay=2.0, wdecay=0.0, clip=1.0,
+        epochs=24, train_fraction=1.0, patience=1000, dropout=0.25, dropouth=0.0, dropouti=0.25, dropoute=0.05,
+        wdrop=0.2, zoneout=0.05, recurrent_dropout=0.0, candidate_dropout=0.0, alpha=0.0, beta=0.0,
+        variable_bptt=False,
     ),
     # Zaremba et al.'s "medium" size (2x650) with AWD-LSTM's regularizers; GPU-sized.
     "medium": dict(
@@ -88,7 +105,8 @@ PRESETS = {
 SMOKE = dict(
     emsize=16, nhid=24, nlayers=2, tied=False, softmax="adaptive", cutoffs=[200, 2000], batch_size=4, bptt=12, eval_batch_size=4, optimizer="adam",
     lr=3e-3, schedule="cosine", lr_decay=2.0, wdecay=1e-6, clip=0.25, epochs=2, train_fraction=1.0, max_batches=4,
-    max_eval_tokens=400, patience=1, dropout=0.2, dropouth=0.1, dropouti=0.2, dropoute=0.1, wdrop=0.2,
+    max_eval_tokens=400, patience=1, char=False, train_chars=0, valid_chars=0, test_chars=0, time_budget=0.0,
+    dropout=0.2, dropouth=0.1, dropouti=0.2, dropoute=0.1, wdrop=0.2,
     zoneout=0.1, recurrent_dropout=0.1, candidate_dropout=0.1, alpha=2.0, beta=1.0, variable_bptt=True,
 )
 
@@ -103,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="run name; default <preset>-<lstm> (smoke-<lstm> with --smoke)")
     p.add_argument("--out-dir", default=None, help="default runs/<name>")
     p.add_argument("--data", default=None, help="corpus directory (train/valid/test .txt[.xz]); default the packaged WikiText-2")
+    p.add_argument("--char", action=argparse.BooleanOptionalAction, default=False,
+                   help="character-level model on the same files (metric: bits per character)")
+    p.add_argument("--train-chars", type=int, default=0, help="--char: first N characters of train (0 = all)")
+    p.add_argument("--valid-chars", type=int, default=0, help="--char: first N characters of valid (0 = all)")
+    p.add_argument("--test-chars", type=int, default=0, help="--char: first N characters of test (0 = all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt")
@@ -147,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--wdecay", type=float, help="weight decay")
     g.add_argument("--clip", type=float, help="gradient-norm clipping (0 = none)")
     g.add_argument("--epochs", type=int)
+    g.add_argument("--time-budget", type=float, default=0.0,
+                   help="stop training after this many seconds of training, evaluation not counted (0 = none); "
+                        "the epoch it ends in is cut short and evaluated")
     g.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
     g.add_argument("--min-delta", type=float, default=0.0, help="early stopping: smallest improvement in valid ppl")
     g.add_argument("--batch-size", type=int)
@@ -156,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-fraction", type=float,
                    help="fraction of the training tokens one epoch covers; consecutive epochs take consecutive slices")
     g.add_argument("--max-batches", type=int, default=0, help="stop each epoch after this many batches (0 = no limit)")
+    g.add_argument("--time-cell-loop", type=int, default=0,
+                   help="after training, time this many training batches with the same regularizers in an "
+                        "nn.LSTMCell loop and in rnnfused.LSTM, and extrapolate the loop's time to the run (0 = no)")
     g.add_argument("--max-eval-tokens", type=int, default=0, help="evaluate on the first N tokens of valid/test (0 = all)")
     return p
 
@@ -164,10 +193,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     parser.set_defaults(**(SMOKE if first.smoke else PRESETS[first.preset]))
+    if first.smoke and first.char:   # characters: a small slice, and the full softmax a tiny vocabulary needs
+        parser.set_defaults(softmax="full", cutoffs=None, train_chars=20_000, valid_chars=2_000, test_chars=2_000,
+                            bptt=30)
     args = parser.parse_args(argv)
     if args.softmax == "adaptive" and args.tied:
         parser.error("--tied needs --softmax full (the adaptive softmax has no single matrix to tie); "
                      "add --no-tied")
+    if args.char and (args.softmax != "full" or args.tied):
+        parser.error("--char needs --softmax full --no-tied (a character vocabulary is tiny)")
     if args.layer_norm and args.lstm == "torch":
         parser.error("--layer-norm needs --lstm rnnfused: torch.nn.LSTM has no layer norm")
     args.zoneout_c = args.zoneout if args.zoneout_c is None else args.zoneout_c
@@ -178,8 +212,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def describe_char(args, corpus, train_rows: int) -> str:
+    def part(split):
+        limit = corpus.limits[split]
+        return (f"the first {getattr(corpus, split).numel():,} characters of {split}.txt" if limit
+                else f"all of {split}.txt ({getattr(corpus, split).numel():,} characters)")
+    budget = (f"{args.time_budget:g} s of training (evaluation not counted), at most {args.epochs} epochs"
+              if args.time_budget else f"{args.epochs} epoch(s) at most")
+    unknown = sum(corpus.unknown[s] for s in ("valid", "test"))
+    return "\n".join([
+        f"{args.config}: character-level {args.nlayers}-layer {'LN-' if args.layer_norm else ''}LSTM ({args.lstm}), "
+        f"emsize {args.emsize}, nhid {args.nhid}, {len(corpus.dictionary)} characters (those of the training slice; "
+        f"{unknown:,} characters of valid/test are not among them and read as one unknown symbol).",
+        f"data: WikiText-2's tokenized text as characters; training on {part('train')}, validation on "
+        f"{part('valid')}, test on {part('test')}.",
+        f"training: {budget}; batch {args.batch_size} x {args.bptt} characters. Metric: bits per character."])
+
+
 def describe(args, corpus, train_rows: int) -> str:
     """What this run does, in words — in particular what a reduced preset leaves out."""
+    if args.char:
+        return describe_char(args, corpus, train_rows)
     tokens_per_epoch = min(train_rows, int(train_rows * args.train_fraction)) * args.batch_size
     if args.max_batches:
         tokens_per_epoch = min(tokens_per_epoch, args.max_batches * args.bptt * args.batch_size)
@@ -275,6 +328,20 @@ def evaluate(model, source: torch.Tensor, args) -> float:
     return total / max(count, 1)
 
 
+def metric(args, loss: float) -> float:
+    """What the run reports for a mean cross-entropy (nats per token): perplexity for words, bits per
+    character for characters. Both grow with the loss, so early stopping can watch either."""
+    return loss / math.log(2.0) if args.char else math.exp(loss)
+
+
+def metric_name(args) -> str:
+    return "bpc" if args.char else "ppl"
+
+
+def fmt_metric(args, value: float) -> str:
+    return f"{value:.3f}" if args.char else f"{value:.0f}"
+
+
 def scheduled_lr(args, base_lr: float, progress: float) -> float:
     """The learning rate after ``progress`` epochs (a float: 2.5 is half-way through the third).
 
@@ -289,9 +356,11 @@ def scheduled_lr(args, base_lr: float, progress: float) -> float:
     return base_lr
 
 
-def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progress: bool):
+def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progress: bool,
+                time_left: float | None = None):
     """One epoch; ``step`` is ``LossStep(model)``, wrapped in DistributedDataParallel under torchrun.
-    Returns this process's mean loss and token count."""
+    ``time_left``: seconds of training left in the run's budget; the epoch stops after the batch that
+    uses them up. Returns this process's mean loss and token count, and whether the budget ran out."""
     model.train()
     start, end = epoch_window(train_data.size(0), args.train_fraction, epoch)
     batch_size = train_data.size(1)
@@ -302,6 +371,7 @@ def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progr
     if args.max_batches:
         total = min(total, args.max_batches * (args.bptt + 20) * batch_size)
     bar = ProgressBar(total=total, desc=f"epoch {epoch}", enabled=show_progress)
+    started, out_of_time = time.time(), False
     for i, seq_len in bptt_schedule(start, end, args.bptt, args.variable_bptt, rng):
         if args.max_batches and batches >= args.max_batches:
             break
@@ -324,15 +394,25 @@ def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progr
         bar.update(targets.numel())
         if batches % args.log_interval == 0:
             mean = total_loss / total_tokens
-            bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.0f}", lr=f"{lr:.3g}")
+            bar.set_postfix(**{"loss": f"{mean:.3f}", metric_name(args): fmt_metric(args, metric(args, mean)),
+                               "lr": f"{lr:.3g}"})
+        if time_left is not None:
+            # Under torchrun every process must take the same number of steps: rank 0's clock decides.
+            done = torch.tensor([float(time.time() - started >= time_left)])
+            if distributed():
+                torch.distributed.broadcast(done, 0)
+            if done.item():
+                out_of_time = True
+                break
     optimizer.param_groups[0]["lr"] = base_lr
     mean = total_loss / max(total_tokens, 1)
-    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.0f}", lr=f"{lr:.3g}")
+    bar.set_postfix(**{"loss": f"{mean:.3f}", metric_name(args): fmt_metric(args, metric(args, mean)),
+                       "lr": f"{lr:.3g}"})
     bar.close()
-    return mean, total_tokens
+    return mean, total_tokens, out_of_time
 
 
-def plot_learning_curve(history, path: Path, title: str) -> bool:
+def plot_learning_curve(history, path: Path, title: str, char: bool = False) -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -342,11 +422,13 @@ def plot_learning_curve(history, path: Path, title: str) -> bool:
         return False
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_ppl"] for h in history], "o-", label="train (with dropout)")
-    ax.plot(epochs, [h["valid_ppl"] for h in history], "s-", label="validation")
+    key = "bpc" if char else "ppl"
+    ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train (with dropout)")
+    ax.plot(epochs, [h[f"valid_{key}"] for h in history], "s-", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
+    ax.set_ylabel("bits per character" if char else "perplexity")
+    if not char:
+        ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -354,6 +436,26 @@ def plot_learning_curve(history, path: Path, title: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def report_cell_loop(model, train_data, args, train_seconds: float) -> float | None:
+    """Print what the same training would take with an nn.LSTMCell loop; returns that estimate (s)."""
+    from cell_loop import time_cell_loop
+
+    n = args.time_cell_loop
+    batches = [get_batch(train_data, i * args.bptt, args.bptt) for i in range(n)
+               if (i + 1) * args.bptt < train_data.size(0)]
+    try:
+        t = time_cell_loop(model, batches, clip=args.clip, lr=args.lr)
+    except ValueError as e:
+        print(f"nn.LSTMCell loop: not timed ({e})")
+        return None
+    estimate = train_seconds * t["loop_s"] / t["fused_s"]
+    print(f"nn.LSTMCell loop with the same regularizers: {t['loop_s'] * 1e3:.0f} ms per training batch against "
+          f"{t['fused_s'] * 1e3:.0f} ms for rnnfused.LSTM ({t['loop_s'] / t['fused_s']:.1f}x), timed on the same "
+          f"{t['batches']} batches; this run's {train_seconds:.0f} s of training would take about {estimate:.0f} s "
+          f"with the loop (extrapolated from {t['batches']} timed batches, not measured)", flush=True)
+    return estimate
 
 
 def make_optimizer(model, args):
@@ -380,7 +482,8 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
-    corpus = Corpus(args.data)
+    corpus = (CharCorpus(args.data, args.train_chars, args.valid_chars, args.test_chars) if args.char
+              else Corpus(args.data))
     train_data = shard_columns(batchify(corpus.train, args.batch_size, device), rank, world)
     evaluation = {}
     for split in ("valid", "test"):
@@ -440,11 +543,15 @@ def main(argv=None) -> dict:
             torch.manual_seed(args.seed + rank)
     show_progress = not args.no_progress and main_process
     epoch = first_epoch - 1
+    name = metric_name(args)
+    out_of_time = bool(args.time_budget) and train_seconds >= args.time_budget
     for epoch in range(first_epoch, args.epochs + 1):
-        if stopper.should_stop:
+        if stopper.should_stop or out_of_time:
             break
         t0 = time.time()
-        train_loss, tokens = train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progress)
+        time_left = args.time_budget - train_seconds if args.time_budget else None
+        train_loss, tokens, out_of_time = train_epoch(model, step, optimizer, train_data, epoch, args, rng,
+                                                      show_progress, time_left)
         train_time = time.time() - t0
         loss_sum, tokens = sum_over_ranks([train_loss * tokens, tokens], device)
         train_loss, tokens = loss_sum / max(tokens, 1), int(tokens)
@@ -452,14 +559,17 @@ def main(argv=None) -> dict:
         train_seconds += train_time
         t1 = time.time()
         valid_loss = evaluate(model, evaluation["valid"], args)
-        valid_ppl = math.exp(valid_loss)
-        improved = stopper.is_improvement(valid_ppl)
-        stopper.step(valid_ppl, model)
+        valid_metric = metric(args, valid_loss)
+        improved = stopper.is_improvement(valid_metric)
+        stopper.step(valid_metric, model)
         lr = scheduled_lr(args, optimizer.param_groups[0]["lr"], epoch)   # the rate the epoch ended with
         history.append(dict(epoch=epoch, train_loss=train_loss, train_ppl=math.exp(train_loss),
-                            valid_loss=valid_loss, valid_ppl=valid_ppl, lr=lr, train_tokens=tokens,
-                            train_tok_per_s=tokens / train_time, train_s=train_time, valid_s=time.time() - t1))
-        print(f"epoch {epoch:3d} | train ppl {math.exp(train_loss):8.2f} | valid ppl {valid_ppl:8.2f}"
+                            valid_loss=valid_loss, valid_ppl=math.exp(valid_loss), lr=lr, train_tokens=tokens,
+                            train_tok_per_s=tokens / train_time, train_s=train_time, valid_s=time.time() - t1,
+                            train_seconds=train_seconds))
+        if args.char:
+            history[-1].update(train_bpc=metric(args, train_loss), valid_bpc=valid_metric)
+        print(f"epoch {epoch:3d} | train {name} {metric(args, train_loss):8.3f} | valid {name} {valid_metric:8.3f}"
               f"{' *' if improved else '  '} | lr {lr:.3g} | {tokens / train_time:,.0f} tok/s | "
               f"train {train_time:.0f}s, valid {time.time() - t1:.0f}s", flush=True)
         if args.schedule == "plateau" and not improved and args.lr_decay > 1.0 and not stopper.should_stop:
@@ -475,41 +585,50 @@ def main(argv=None) -> dict:
                        ckpt_path)
         if stopper.should_stop:
             print(f"early stopping: no improvement for {stopper.patience} epoch(s); best epoch {stopper.best_step}")
+        if out_of_time:
+            print(f"time budget: {train_seconds:.0f} s of training (--time-budget {args.time_budget:g}) used up "
+                  f"during epoch {epoch}")
 
     if stopper.restore(model):
         best_epoch = history[stopper.best_step - 1]["epoch"] if history else None
-        print(f"restored the best weights (epoch {best_epoch}, valid ppl {stopper.best:.2f})")
+        print(f"restored the best weights (epoch {best_epoch}, valid {name} {stopper.best:.3f})")
     if main_process:
         torch.save(dict(model=model.state_dict(), args=vars(args), vocab=corpus.dictionary.idx2word), model_path)
 
-    # The restored weights are the best epoch's, whose validation perplexity is already known.
-    valid_ppl = stopper.best if stopper.best_state is not None else math.exp(evaluate(model, evaluation["valid"], args))
-    test_ppl = math.exp(evaluate(model, evaluation["test"], args))
+    # The restored weights are the best epoch's, whose validation metric is already known.
+    valid_value = stopper.best if stopper.best_state is not None else metric(args, evaluate(model, evaluation["valid"], args))
+    test_value = metric(args, evaluate(model, evaluation["test"], args))
+    cell_loop = None
+    if args.time_cell_loop and args.lstm == "rnnfused" and main_process and train_seconds:
+        cell_loop = report_cell_loop(model, train_data, args, train_seconds)
     wall_s = time.time() - wall_start
+    metrics = {f"valid_{name}": valid_value, f"test_{name}": test_value}
     if distributed():
         torch.distributed.destroy_process_group()
     if not main_process:
-        return dict(valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s)
+        return dict(**metrics, wall_s=wall_s)
     with open(out_dir / "history.json", "w") as f:
-        json.dump(dict(args=vars(args), history=history, valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s,
+        json.dump(dict(args=vars(args), history=history, **metrics, wall_s=wall_s, train_seconds=train_seconds,
                        train_tokens_seen=train_tokens_seen, processes=world, torch=torch.__version__), f, indent=1)
     plot = out_dir / "learning_curve.png"
-    title = (f"WikiText-2, {args.config}, {args.lstm} {'LN-' if args.layer_norm else ''}LSTM: "
-             f"test ppl {test_ppl:.1f}")
-    plotted = bool(history) and plot_learning_curve(history, plot, title)
+    title = (f"WikiText-2{' characters' if args.char else ''}, {args.config}, {args.lstm} "
+             f"{'LN-' if args.layer_norm else ''}LSTM: test {name} {fmt_metric(args, test_value) if args.char else f'{test_value:.1f}'}")
+    plotted = bool(history) and plot_learning_curve(history, plot, title, char=args.char)
     if plotted:
         print(f"learning curve: {plot}")
     print(f"checkpoint: {ckpt_path} (resume with --resume); best model: {model_path}")
     print(f"sample text: python3 {Path(__file__).parent / 'generate.py'} --checkpoint {model_path}")
     tok_s = train_tokens_seen / train_seconds if train_seconds else 0.0
+    digits = 4 if args.char else 2
     print(f"RESULT example=word_language_model preset={args.config} lstm={args.lstm} "
-          f"layer_norm={int(args.layer_norm)} epochs={len(history)} "
-          f"train_tokens={train_tokens_seen} train_tok_per_s={tok_s:.0f} valid_ppl={valid_ppl:.2f} "
-          f"test_ppl={test_ppl:.2f} wall_s={wall_s:.1f} cpu_s={time.process_time():.1f} "
+          f"layer_norm={int(args.layer_norm)} level={'char' if args.char else 'word'} epochs={len(history)} "
+          f"train_tokens={train_tokens_seen} train_s={train_seconds:.1f} train_tok_per_s={tok_s:.0f} "
+          + " ".join(f"{k}={v:.{digits}f}" for k, v in metrics.items())
+          + (f" cell_loop_train_s_est={cell_loop:.1f}" if cell_loop else "")
+          + f" wall_s={wall_s:.1f} cpu_s={time.process_time():.1f} "
           f"history={out_dir / 'history.json'}" + (f" plot={plot}" if plotted else "")
           + (f" processes={world}" if world > 1 else ""), flush=True)
-    return dict(valid_ppl=valid_ppl, test_ppl=test_ppl, wall_s=wall_s)
-
+    return dict(**metrics, wall_s=wall_s)
 
 if __name__ == "__main__":
     main()
