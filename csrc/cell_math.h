@@ -176,17 +176,17 @@ RNNFUSED_HD acc_t ln_hidden(acc_t o, acc_t y, acc_t gain, acc_t bias) {
 }
 
 // Its backward for one unit: dL/do, and dL/dq of q = y γ_c + β_c (dL/dγ_c = dq y, dL/dβ_c = dq,
-// dL/dy = dq γ_c).
+// dL/dy = dq γ_c); and h̃ itself, which a projection's weight gradient needs (from the same tanh).
 template <typename acc_t>
 struct LnHiddenGrads {
-  acc_t d_o, dq;
+  acc_t d_o, dq, h_tilde;
 };
 
 template <typename acc_t>
 RNNFUSED_HD LnHiddenGrads<acc_t> ln_hidden_backward(acc_t o, acc_t y, acc_t gain, acc_t bias,
                                                      acc_t dh_tilde) {
   const acc_t tq = act_tanh(y * gain + bias);
-  return LnHiddenGrads<acc_t>{dh_tilde * tq, dh_tilde * o * (acc_t(1) - tq * tq)};
+  return LnHiddenGrads<acc_t>{dh_tilde * tq, dh_tilde * o * (acc_t(1) - tq * tq), o * tq};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -623,6 +623,7 @@ struct CpuLayer {
       // dL/do into dh[3H, 4H) and dL/dLN(c̃) into dh[0, H), both scratch.
       scalar_t* d_o = dh + 3 * H;
       scalar_t* dy = dh;
+      scalar_t* htil = st.htil ? st.htil + b * H : nullptr;  // with a projection: h̃ for dW_hr
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) {
         const LnHiddenGrads<acc_t> lh = ln_hidden_backward<acc_t>(g[3 * H + k], y[k], gc[k], bc[k],
@@ -631,11 +632,7 @@ struct CpuLayer {
         d_gc[k] += lh.dq * y[k];
         d_bc[k] += lh.dq;
         dy[k] = lh.dq * gc[k];
-      }
-      if (st.htil) {
-        for (int64_t k = 0; k < H; ++k) {
-          st.htil[b * H + k] = ln_hidden<acc_t>(g[3 * H + k], y[k], gc[k], bc[k]);
-        }
+        if (htil) htil[k] = lh.h_tilde;
       }
       normalize_row_backward(dy, y, st.rstd[b * 3 + 2], H);  // dy: dL/dc̃ through h̃
       // The gate gradients, chunk by chunk (their masks), into dx as dL/da (dh_tilde is spent).

@@ -776,7 +776,7 @@ __global__ void __launch_bounds__(kThreads)
         const acc_t o = static_cast<acc_t>(g[3 * H + j]), yj = static_cast<acc_t>(y[j]);
         const acc_t gc = static_cast<acc_t>(s.gain_c[j]), bc = static_cast<acc_t>(s.bias_c[j]);
         const LnHiddenGrads<acc_t> lh = ln_hidden_backward<acc_t>(o, yj, gc, bc, dh_tilde);
-        if (s.htil != nullptr) s.htil[bj] = static_cast<scalar_t>(ln_hidden<acc_t>(o, yj, gc, bc));
+        if (s.htil != nullptr) s.htil[bj] = static_cast<scalar_t>(lh.h_tilde);
         s.dq[bj] = static_cast<scalar_t>(lh.dq);
         const acc_t dy = lh.dq * gc;
         dx[3 * H + j] = static_cast<scalar_t>(lh.d_o);
