@@ -2,9 +2,9 @@
 
 Each run must exit 0, print its ``RESULT key=value ...`` line (saying which cell and library it used) and
 write its plot; the digits and forecasting examples also run with ``--cell gru``, with rnnfused.GRU and
-with torch.nn.GRU. Examples whose optional
-dependency is missing (scikit-learn, statsmodels) are skipped with the reason. Also checks the WikiText-2
-copy that ships inside the package loads with the published token counts.
+with torch.nn.GRU, and the forecasting folder's encoder-decoder (``seq2seq.py``) with both LSTMs. Examples
+whose optional dependency is missing (scikit-learn, statsmodels) are skipped with the reason. Also checks
+the WikiText-2 copy that ships inside the package loads with the published token counts.
 """
 
 import importlib.util
@@ -153,12 +153,35 @@ def test_small_example_smoke(tmp_path, example, plot, ranges, args):
     result = run_example(EXAMPLES / example / "main.py", "--smoke", *args, "--out-dir", str(tmp_path), cwd=tmp_path)
     cell, lib = ("gru" if "gru" in args else "lstm"), ("torch" if "torch" in args else "rnnfused")
     assert (result["cell"], result["lstm"]) == (cell, lib)      # the RESULT line says which cell and library
+    assert result["seed"] == "0"                                # and the seed, to group multi-seed records
     assert f"{lib} {cell.upper()}" in result["stdout"] or f"{cell.upper()} ({lib})" in result["stdout"]
     if lib == "torch":                                  # says which regularizers torch.nn.GRU lacks
         assert f"torch.nn.{cell.upper()} cannot apply" in result["stdout"]
     for key, (low, high) in ranges.items():
         assert low <= float(result[key]) <= high and math.isfinite(float(result[key])), (key, result[key])
     assert (tmp_path / plot).exists()
+
+
+SEQ2SEQ_METHODS = ("seq2seq", "iterated", "seasonal", "persistence")
+
+
+@needs("statsmodels")
+@pytest.mark.parametrize("args", [(), ("--lstm", "torch")], ids=lambda a: " ".join(a) or "default")
+def test_seq2seq_forecasting_smoke(tmp_path, args):
+    result = run_example(EXAMPLES / "forecasting" / "seq2seq.py", "--smoke", *args, "--out-dir", str(tmp_path),
+                         cwd=tmp_path)
+    lib = "torch" if "torch" in args else "rnnfused"
+    assert (result["example"], result["lstm"], result["seed"]) == ("seq2seq_forecasting", lib, "0")
+    assert (result["horizon"], result["origins"]) == ("11", "30")     # 40 test years: origins 1969-1998
+    assert f"{lib} LSTM encoder + decoder" in result["stdout"] and "MAE per horizon step" in result["stdout"]
+    if lib == "torch":                                  # says which regularizers torch.nn.LSTM lacks
+        assert "torch.nn.LSTM cannot apply" in result["stdout"]
+    for method in SEQ2SEQ_METHODS:
+        for metric in ("mae", "rmse"):
+            value = float(result[f"{method}_{metric}"])
+            assert 0.0 <= value < math.inf, (method, metric, value)
+        assert float(result[f"{method}_mae"]) <= float(result[f"{method}_rmse"]) + 1e-6
+    assert result["plot"] == str(tmp_path / "seq2seq.png") and (tmp_path / "seq2seq.png").exists()
 
 
 def free_loopback_port() -> int:

@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
         print(f"confusion matrix: {plot}")
     print(f"RESULT example=digits_classifier cell={args.cell} lstm={args.lstm} epochs={stopper.steps} "
           f"val_acc={stopper.best:.4f} test_acc={test_acc:.4f} test_errors={int((pred != y_te).sum())}/{len(y_te)} "
-          f"wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else ""), flush=True)
+          f"wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else "") + f" seed={args.seed}", flush=True)
     return dict(test_acc=test_acc, wall_s=wall_s)
 
 

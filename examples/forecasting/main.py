@@ -87,6 +87,33 @@ def metrics(pred: torch.Tensor, actual: torch.Tensor) -> tuple[float, float]:
     return err.abs().mean().item(), err.pow(2).mean().sqrt().item()
 
 
+def fit(model: nn.Module, n_train: int, batch_loss, val_mae, *, epochs: int, batch_size: int, lr: float,
+        patience: int, log_every: int = 50) -> EarlyStopping:
+    """Adam on ``batch_loss(indices)`` over shuffled mini-batches of the ``n_train`` training samples, early
+    stopping on ``val_mae()`` (called after each epoch); the best epoch's weights are restored.
+
+    Shared with ``seq2seq.py``: its encoder-decoder and its iterated one-step baseline train here too."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    stopper = EarlyStopping(patience=patience, mode="min")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(n_train)
+        for i in range(0, len(order), batch_size):
+            loss = batch_loss(order[i:i + batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        val = val_mae()
+        stop = stopper.step(val, model)
+        if epoch == 1 or epoch % log_every == 0 or stop:
+            print(f"epoch {epoch:4d} | train mse {loss.item():.4f} (scaled) | val MAE {val:.2f}", flush=True)
+        if stop:
+            print(f"early stopping: best val MAE {stopper.best:.2f} at epoch {stopper.best_step}")
+            break
+    stopper.restore(model)
+    return stopper
+
+
 def plot_forecast(years, actual, forecasts: dict, first_test: int, path: Path, title: str) -> bool:
     try:
         import matplotlib
@@ -113,7 +140,8 @@ def plot_forecast(years, actual, forecasts: dict, first_test: int, path: Path, t
     return True
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; ``seq2seq.py`` reads its defaults to configure its iterated one-step baseline."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="the recurrent cell")
@@ -133,7 +161,11 @@ def main(argv=None) -> dict:
     p.add_argument("--zoneout", type=float, default=0.1, help="on c and h (LSTM), on h (GRU) [rnnfused]")
     p.add_argument("--recurrent-dropout", type=float, default=0.1, help="[rnnfused]")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.smoke:
         args.epochs, args.hidden = 3, 8
     cell = args.cell.upper()
@@ -164,31 +196,15 @@ def main(argv=None) -> dict:
     print(f"sunspots {years[0]}-{years[-1]} ({n} years): train targets {years[args.window]}-{years[first_val - 1]}, "
           f"validation {years[first_val]}-{years[first_test - 1]}, test {years[first_test]}-{years[-1]}; "
           f"window {args.window} years, {args.lstm} {cell} hidden {args.hidden}")
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    stopper = EarlyStopping(patience=args.patience, mode="min")
 
     def predict(x):
         model.eval()
         with torch.no_grad():
             return model(x) * std + mean
 
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(len(y_tr))
-        for i in range(0, len(order), args.batch_size):
-            batch = order[i:i + args.batch_size]
-            loss = F.mse_loss(model(x_tr[batch]), y_tr[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        val_mae, _ = metrics(predict(x_val), y_val * std + mean)
-        stop = stopper.step(val_mae, model)
-        if epoch == 1 or epoch % 50 == 0 or stop:
-            print(f"epoch {epoch:4d} | train mse {loss.item():.4f} (scaled) | val MAE {val_mae:.2f}", flush=True)
-        if stop:
-            print(f"early stopping: best val MAE {stopper.best:.2f} at epoch {stopper.best_step}")
-            break
-    stopper.restore(model)
+    fit(model, len(y_tr), lambda batch: F.mse_loss(model(x_tr[batch]), y_tr[batch]),
+        lambda: metrics(predict(x_val), y_val * std + mean)[0],
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
 
     forecasts = {cell: predict(x_te),
                  "persistence": series[first_test - 1:n - 1],
@@ -207,8 +223,8 @@ def main(argv=None) -> dict:
     (lm, lr_), (pm, pr), (sm_, sr) = scores[cell], scores["persistence"], scores["seasonal naive (11 y)"]
     print(f"RESULT example=forecasting cell={args.cell} lstm={args.lstm} test_years={args.test_years} "
           f"lstm_mae={lm:.2f} lstm_rmse={lr_:.2f} persistence_mae={pm:.2f} persistence_rmse={pr:.2f} "
-          f"seasonal_mae={sm_:.2f} seasonal_rmse={sr:.2f} wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else ""),
-          flush=True)
+          f"seasonal_mae={sm_:.2f} seasonal_rmse={sr:.2f} wall_s={wall_s:.1f}" + (f" plot={plot}" if plotted else "")
+          + f" seed={args.seed}", flush=True)
     return dict(scores=scores, wall_s=wall_s)
 
 
