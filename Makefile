@@ -7,7 +7,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
-LSTM ?= rnnfused
+SEED ?= 1
+# The seeds `make examples-results` records: the demo's (minutes each) and the small examples' (seconds).
+DEMO_SEEDS ?= 1 2 3
+SEEDS ?= 1 2 3 4 5
 # The fresh environment `make test-wheel` installs the wheel into.
 WHEEL_VENV ?= build/wheel-venv
 
@@ -67,9 +70,10 @@ test: deps build
 	$(PY) -m pytest -q tests
 endif
 
-# `make demo LSTM=torch` runs the same preset with torch.nn.LSTM, for comparison.
+# Trains the character-level language model twice side by side, rnnfused.LSTM with in-recurrence
+# regularization and torch.nn.LSTM with its best, one core each; `make demo SEED=2` for another seed.
 demo: deps build
-	$(PY) examples/word_language_model/main.py --preset cpu-demo --lstm $(LSTM)
+	$(PY) examples/word_language_model/demo.py --seed $(SEED)
 
 # dist/rnnfused-<version>-<python>-<platform>.whl, built against the environment's torch.
 wheel: build-deps
@@ -95,17 +99,24 @@ test-wheel: wheel
 print-python: venv
 	@$(PY) -c "import sys; print(sys.executable)"
 
-# Runs the demo with both LSTMs and the two other examples, keeping each run's RESULT line with its
-# provenance in examples/results/, then regenerates the README's results section from those files.
-# Run it on a quiet machine, from a clean clone, so the first line's time includes the build.
+# Runs the demo (both arms) over $(DEMO_SEEDS) and the other examples with both LSTMs over $(SEEDS),
+# keeping each run's RESULT line with its provenance in examples/results/<example>-<arm>-s<seed>.json
+# (the first seed's plot too), then regenerates the README's results section from those files.
+# Run it on a quiet machine, from a clean clone, so the first demo's time includes the build.
 # (SHOWN_PY: the commands are recorded as typed; in $(VENV), python3 is the environment's.)
-examples-results: deps
-	$(PY) examples/record.py demo-rnnfused -- $(MAKE) --no-print-directory demo
-	$(PY) examples/record.py demo-torch -- $(MAKE) --no-print-directory demo LSTM=torch
-	$(PY) examples/record.py digits-rnnfused -- $(SHOWN_PY) examples/digits_classifier/main.py
-	$(PY) examples/record.py digits-torch -- $(SHOWN_PY) examples/digits_classifier/main.py --lstm torch
-	$(PY) examples/record.py sunspots-rnnfused -- $(SHOWN_PY) examples/forecasting/main.py
-	$(PY) examples/record.py sunspots-torch -- $(SHOWN_PY) examples/forecasting/main.py --lstm torch
+# Only the venv first: the first `make demo` installs torch and the rest itself, so its time is a fresh
+# machine's.
+examples-results: venv
+	@set -e; for s in $(DEMO_SEEDS); do \
+		$(PY) examples/record.py --no-plot "demo-{lstm}-s$$s" -- $(MAKE) --no-print-directory demo SEED=$$s; done
+	@set -e; for s in $(SEEDS); do plot=$$([ "$$s" = "$(firstword $(SEEDS))" ] || echo --no-plot); \
+		$(PY) examples/record.py $$plot digits-rnnfused-s$$s -- $(SHOWN_PY) examples/digits_classifier/main.py --seed $$s; \
+		$(PY) examples/record.py --no-plot digits-torch-s$$s -- $(SHOWN_PY) examples/digits_classifier/main.py --seed $$s --lstm torch; \
+		$(PY) examples/record.py $$plot sunspots-rnnfused-s$$s -- $(SHOWN_PY) examples/forecasting/main.py --seed $$s; \
+		$(PY) examples/record.py --no-plot sunspots-torch-s$$s -- $(SHOWN_PY) examples/forecasting/main.py --seed $$s --lstm torch; \
+		$(PY) examples/record.py $$plot seq2seq-rnnfused-s$$s -- $(SHOWN_PY) examples/forecasting/seq2seq.py --seed $$s; \
+		$(PY) examples/record.py --no-plot seq2seq-torch-s$$s -- $(SHOWN_PY) examples/forecasting/seq2seq.py --seed $$s --lstm torch; \
+	done
 	$(PY) examples/report.py --readme README.md
 
 bench-cpu: deps build

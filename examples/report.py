@@ -3,7 +3,9 @@
 
     python3 examples/report.py --readme README.md
 
-The language model's two runs (rnnfused and torch.nn.LSTM) also get one learning-curve plot together,
+Each example is recorded over several seeds, one file per arm and seed (``<example>-<arm>-s<seed>.json``);
+each table shows the mean ± standard deviation over the seeds, and the sentence under it compares the
+arms seed by seed. The language model's runs also get one learning-curve plot of every seed,
 ``examples/results/demo-learning-curves.png``. Nothing in the section is typed by hand: every figure is a
 field of a results file, and each table says which command, commit, machine and load it came from.
 """
@@ -15,7 +17,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "examples" / "results"
@@ -24,6 +25,7 @@ from _readme import replace_section  # noqa: E402  (shared with benchmarks/repor
 
 BEGIN, END = "<!-- examples:begin -->", "<!-- examples:end -->"
 LSTM_NAMES = {"rnnfused": "rnnfused.LSTM", "torch": "torch.nn.LSTM"}
+OUTSIDE = {"dropoute": "embedding", "dropouti": "input", "dropouth": "between layers", "dropout": "output"}
 IN_RECURRENCE = {"zoneout_c": "zoneout c", "zoneout_h": "zoneout h", "wdrop": "weight drop",
                  "recurrent_dropout": "recurrent dropout", "candidate_dropout": "candidate dropout"}
 
@@ -31,6 +33,38 @@ IN_RECURRENCE = {"zoneout_c": "zoneout c", "zoneout_h": "zoneout h", "wdrop": "w
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_seeds(prefix: str, arm: str) -> list[dict]:
+    """Every recorded seed of one arm: ``<prefix>-<arm>-s<seed>.json``, in seed order."""
+    entries = []
+    for path in RESULTS.glob(f"{prefix}-{arm}-s*.json"):
+        seed = path.stem[len(f"{prefix}-{arm}-s"):]
+        if seed.isdigit():
+            entries.append((int(seed), json.loads(path.read_text())))
+    return [e for _, e in sorted(entries, key=lambda p: p[0])]
+
+
+def seed_of(entry: dict) -> str:
+    return entry["result"].get("seed") or entry["name"].rsplit("-s", 1)[-1]
+
+
+def value(entry: dict, key: str) -> float | None:
+    v = entry["result"].get(key)
+    if key == "wall_s" and v is None:
+        v = entry.get("wall_s")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, std
 
 
 def lstm_name(entry: dict) -> str:
@@ -46,54 +80,79 @@ def in_recurrence(entry: dict) -> str:
     return ", ".join(used) or "none"
 
 
+def outside(entry: dict) -> str:
+    """The dropouts outside the LSTM, which both language-model arms can have."""
+    args = entry.get("args") or {}
+    used = [f"{label} {args[key]:g}" for key, label in OUTSIDE.items() if args.get(key)]
+    return ", ".join(used) or "none"
+
+
 def provenance(entries: list[dict]) -> str:
-    """One line per run: where, when, from which commit, how loaded the machine was."""
-    lines = []
+    """One line per command (seeds folded together): where, when, from which commits, how loaded."""
+    groups: dict[str, list[dict]] = {}
     for e in entries:
-        commit = (e.get("commit") or "unknown")
-        commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
-        lines.append(f"- `{e['command']}`: {e['machine']}, {e['cpus']} CPUs, torch {e.get('torch', '?')} "
-                     f"with {e.get('threads', '?')} threads; commit {commit}; {e['date'][:10]}; load average "
-                     f"{e['load_avg_before']:.2f} before, {e['load_avg_after']:.2f} after.")
+        seed = seed_of(e)
+        command = e["command"].replace(f"--seed {seed}", "--seed S").replace(f"SEED={seed}", "SEED=S")
+        groups.setdefault(command, []).append(e)
+    lines = []
+    for command, group in groups.items():
+        first = group[0]
+        commits = sorted({(e.get("commit") or "unknown")[:12] + ("-dirty" if (e.get("commit") or "").endswith("-dirty")
+                                                                 else "") for e in group})
+        dates = sorted({e["date"][:10] for e in group})
+        seeds = ", ".join(seed_of(e) for e in group)
+        before = [e["load_avg_before"] for e in group]
+        after = [e["load_avg_after"] for e in group]
+        lines.append(f"- `{command}` (S = {seeds}): {first['machine']}, {first['cpus']} CPUs, torch "
+                     f"{first.get('torch', '?')} with {first.get('threads', '?')} threads; commit "
+                     f"{', '.join(commits)}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; load average "
+                     f"{min(before):.2f}-{max(before):.2f} before, {min(after):.2f}-{max(after):.2f} after.")
     return "\n".join(lines)
 
 
-def table(entries: list[dict], columns: list[tuple[str, Callable[[dict], str]]]) -> str:
-    head = "| " + " | ".join(h for h, _ in columns) + " |"
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
-    rows = ["| " + " | ".join(f(e) for _, f in columns) + " |" for e in entries]
-    return "\n".join([head, rule, *rows])
+def table(rows: list[list[str]], head: list[str]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def field(key: str, fmt: str = "{}") -> Callable[[dict], str]:
-    def get(entry: dict) -> str:
-        value = entry["result"].get(key)
-        if value is None:
-            return "–"
-        try:
-            return fmt.format(float(value))
-        except ValueError:
-            return str(value)
-    return get
+def summary_cell(entries: list[dict], key: str, fmt: str) -> str:
+    vals = [v for v in (value(e, key) for e in entries) if v is not None]
+    if not vals:
+        return "–"
+    mean, std = mean_std(vals)
+    return f"{fmt.format(mean)} ± {fmt.format(std)}" if len(vals) > 1 else fmt.format(mean)
 
 
-def verdict(entries: list[dict], key: str, what: str, lower_is_better: bool) -> str:
-    """One sentence comparing the rnnfused run with the torch.nn.LSTM run on ``key``, worded from the
-    recorded numbers (so it cannot go stale when the runs are recorded again)."""
-    runs = {e["result"].get("lstm"): e for e in entries}
-    if "rnnfused" not in runs or "torch" not in runs:
+def paired_verdict(arms: dict[str, list[dict]], key: str, what: str, lower_is_better: bool, fmt: str) -> str:
+    """A sentence comparing the two arms seed by seed on ``key``, worded from the recorded numbers."""
+    ours = {seed_of(e): value(e, key) for e in arms.get("rnnfused", [])}
+    theirs = {seed_of(e): value(e, key) for e in arms.get("torch", [])}
+    seeds = [s for s in ours if s in theirs and ours[s] is not None and theirs[s] is not None]
+    if not seeds:
         return ""
-    ours, theirs = float(runs["rnnfused"]["result"][key]), float(runs["torch"]["result"][key])
-    if ours == theirs:
-        return f"In this recording the two runs have the same {what}."
-    ours_better = (ours < theirs) == lower_is_better
-    winner = "rnnfused.LSTM" if ours_better else "torch.nn.LSTM"
-    return (f"In this recording {winner} has the better {what} (rnnfused.LSTM {ours:g}, torch.nn.LSTM "
-            f"{theirs:g}): one run of one seed each, not a significance test.")
+    diffs = [ours[s] - theirs[s] for s in seeds]
+    better = sum(1 for d in diffs if (d < 0) == lower_is_better and d != 0)
+    ties = sum(1 for d in diffs if d == 0)
+    m_ours, _ = mean_std([ours[s] for s in seeds])
+    m_theirs, _ = mean_std([theirs[s] for s in seeds])
+    mean_diff, std_diff = mean_std(diffs)
+    n = len(seeds)
+    if better == n:
+        lead = f"rnnfused.LSTM has the better {what} in every one of the {n} seeds"
+    elif better == 0 and ties == 0:
+        lead = f"torch.nn.LSTM has the better {what} in every one of the {n} seeds: the regularized arm does not win here"
+    else:
+        lead = (f"rnnfused.LSTM has the better {what} in {better} of {n} seeds"
+                + (f" ({ties} tied)" if ties else "") + ("; it does not win here" if better * 2 <= n else ""))
+    return (f"{lead} (mean {fmt.format(m_ours)} against {fmt.format(m_theirs)}; rnnfused minus torch, per "
+            f"seed: {', '.join(('+' if d > 0 else '') + fmt.format(d) for d in diffs)}; mean "
+            f"{fmt.format(mean_diff)} ± {fmt.format(std_diff)}). {n} seed{'s' if n > 1 else ''}, not a "
+            f"significance test.")
 
 
-def plot_learning_curves(entries: list[dict], path: Path) -> bool:
-    """Train and validation perplexity per epoch of every language-model run, on one log axis."""
+def plot_learning_curves(arms: dict[str, list[dict]], path: Path) -> bool:
+    """Train and validation bits per character per epoch of every recorded demo seed: one thin line per
+    seed, the mean over seeds thick, one colour per arm."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -101,18 +160,27 @@ def plot_learning_curves(entries: list[dict], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no learning-curve plot", file=sys.stderr)
         return False
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for entry, color in zip(entries, ("tab:blue", "tab:orange", "tab:green")):
-        hist = entry.get("history") or []
-        epochs = [h["epoch"] for h in hist]
-        ax.plot(epochs, [h["train_ppl"] for h in hist], "--", color=color, label=f"{lstm_name(entry)}: train (with dropout)")
-        ax.plot(epochs, [h["valid_ppl"] for h in hist], "o-", color=color, label=f"{lstm_name(entry)}: validation")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (arm, entries), color in zip(arms.items(), ("tab:blue", "tab:orange")):
+        name = LSTM_NAMES[arm]
+        for split, style in (("train", "--"), ("valid", "-")):
+            curves = [[h[f"{split}_bpc"] for h in e.get("history") or []] for e in entries]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            for c in curves:
+                ax.plot(range(1, len(c) + 1), c, style, color=color, alpha=0.25, linewidth=0.8)
+            n = min(len(c) for c in curves)
+            mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+            label = "training (dropout on)" if split == "train" else "validation"
+            ax.plot(range(1, n + 1), mean, style, color=color, linewidth=2,
+                    label=f"{name}: {label}, mean of {len(curves)} seeds")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.set_title("WikiText-2, cpu-demo preset, 2 CPU cores", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("bits per character")
+    ax.set_ylim(top=3.0)
+    ax.set_title("WikiText-2 characters (char-demo): both arms of `make demo`, every recorded seed", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -120,38 +188,59 @@ def plot_learning_curves(entries: list[dict], path: Path) -> bool:
 
 
 def demo_section(readme_dir: Path, draw: bool) -> list[str]:
-    entries = [e for e in (load("demo-rnnfused"), load("demo-torch")) if e]
-    if not entries:
+    arms = {arm: load_seeds("demo", arm) for arm in ("rnnfused", "torch")}
+    if not any(arms.values()):
         return ["#### Language model (`make demo`)", "", "_No recorded run yet._", ""]
-    columns = [("LSTM", lstm_name), ("inside the recurrence", in_recurrence), ("epochs", field("epochs", "{:.0f}")),
-               ("train tokens/s", field("train_tok_per_s", "{:,.0f}")), ("valid ppl", field("valid_ppl", "{:.1f}")),
-               ("test ppl", field("test_ppl", "{:.1f}")), ("training script, s", field("wall_s", "{:.0f}")),
-               ("whole command, s", lambda e: f"{e['wall_s']:.0f}" + (" (with build)" if e.get("built_extension") else ""))]
-    parts = ["#### Language model (`make demo`): WikiText-2, `cpu-demo` preset", "",
-             table(entries, columns), "",
-             "Both runs share everything outside the LSTM (embedding dropout, locked dropout between layers "
-             "and on the output, AR/TAR, the adaptive softmax, the optimizer); torch.nn.LSTM cannot apply the "
-             "in-recurrence regularizers, so they are off in its run. \"whole command\" is the wall time of "
-             "the command below, its set-up included (and the extension's build, where marked).", "",
-             verdict(entries, "test_ppl", "test perplexity", lower_is_better=True) + " The preset trains "
-             "1.2 passes over the training set and leaves the model underfit, where regularization is not "
-             "expected to pay; the in-recurrence regularizers are for runs long enough to overfit.", "",
-             provenance(entries), ""]
+    rows = []
+    for arm, entries in arms.items():
+        if not entries:
+            continue
+        e0 = entries[0]
+        loop = summary_cell(entries, "cell_loop_train_s_est", "{:.0f}") if arm == "rnnfused" else "–"
+        rows.append([LSTM_NAMES[arm], outside(e0), in_recurrence(e0), str(len(entries)),
+                     summary_cell(entries, "valid_bpc", "{:.3f}"), summary_cell(entries, "test_bpc", "{:.3f}"),
+                     summary_cell(entries, "train_s", "{:.0f}"), loop])
+    head = ["LSTM", "outside the LSTM", "inside the recurrence", "seeds", "valid bpc", "test bpc",
+            "training, s", "as an nn.LSTMCell loop, s (estimate)"]
+    commands = [e for entries in arms.values() for e in entries]
+    whole = [e for e in commands if e["result"].get("lstm") == "rnnfused"]
+    walls = [format(e["wall_s"], ".0f") + (" (from a fresh clone, the extension's build included)"
+                                           if e.get("built_extension") else "") for e in whole]
+    whole_note = (f"The whole `make demo` (both arms side by side, set-up and plot included) took "
+                  f"{', '.join(walls)} s.") if whole else ""
+    epochs = sorted({e["result"].get("epochs") for e in commands})
+    parts = ["#### Language model (`make demo`): WikiText-2 characters, `char-demo` preset", "",
+             table(rows, head), "",
+             f"Mean ± standard deviation over the recorded seeds; {', '.join(epochs)} epochs each. Both arms share "
+             "the data (the first 125,000 characters of WikiText-2's training text; validation the first 100,000 "
+             "of its validation text; test all of its test text), the model outside the LSTM, the optimizer and "
+             "schedule, the batches and the seed; the rates of both were chosen on validation with the same "
+             "number of tuning runs (`examples/word_language_model/REGIME.md`). torch.nn.LSTM cannot apply the "
+             "in-recurrence regularizers. The two arms train side by side, one core each, so their training "
+             "seconds are an equal budget. The nn.LSTMCell-loop column is an estimate from a few timed batches of "
+             "the same regularized training, extrapolated, not a run. " + whole_note, "",
+             paired_verdict(arms, "test_bpc", "test bits per character", True, "{:.3f}"), "",
+             provenance(commands), ""]
     plot = RESULTS / "demo-learning-curves.png"
-    if (draw and plot_learning_curves(entries, plot)) or (not draw and plot.exists()):
+    if (draw and plot_learning_curves(arms, plot)) or (not draw and plot.exists()):
         parts += [f"![learning curves]({os.path.relpath(plot, readme_dir)})", ""]
     return parts
 
 
-def pair_section(title: str, prefix: str, columns, note: str, readme_dir: Path,
-                 compare: tuple[str, str, bool]) -> list[str]:
-    entries = [e for e in (load(f"{prefix}-rnnfused"), load(f"{prefix}-torch")) if e]
-    if not entries:
+def seeds_section(title: str, prefix: str, columns: list[tuple[str, str, str]], note: str, readme_dir: Path,
+                  compare: tuple[str, str, bool, str]) -> list[str]:
+    """An example recorded over several seeds: one row per arm with each column's mean ± std, the
+    seed-by-seed verdict, provenance and the first seed's plot."""
+    arms = {arm: load_seeds(prefix, arm) for arm in ("rnnfused", "torch")}
+    if not any(arms.values()):
         return [f"#### {title}", "", "_No recorded run yet._", ""]
-    key, what, lower_is_better = compare
-    parts = [f"#### {title}", "", table(entries, columns), "", note, "",
-             verdict(entries, key, what, lower_is_better), "", provenance(entries), ""]
-    plot = entries[0].get("plot_file")
+    rows = [[LSTM_NAMES[arm], str(len(entries))] + [summary_cell(entries, k, f) for _, k, f in columns]
+            for arm, entries in arms.items() if entries]
+    key, what, lower_is_better, fmt = compare
+    parts = [f"#### {title}", "", table(rows, ["LSTM", "seeds"] + [h for h, _, _ in columns]), "", note, "",
+             paired_verdict(arms, key, what, lower_is_better, fmt), "",
+             provenance([e for entries in arms.values() for e in entries]), ""]
+    plot = next((e.get("plot_file") for entries in arms.values() for e in entries if e.get("plot_file")), None)
     if plot:
         parts += [f"![{prefix}]({os.path.relpath(RESULTS / plot, readme_dir)})", ""]
     return parts
@@ -162,23 +251,32 @@ def readme_section(readme_dir: Path, draw: bool = True) -> str:
     parts = ["", "_Generated by `python3 examples/report.py --readme README.md` from `examples/results/*.json` "
              "(written by `examples/record.py`); do not edit by hand._", ""]
     parts += demo_section(readme_dir, draw)
-    parts += pair_section(
+    parts += seeds_section(
         "Digits classifier: scikit-learn's 8x8 digits, read row by row", "digits",
-        [("LSTM", lstm_name), ("test accuracy", field("test_acc", "{:.4f}")), ("test errors", field("test_errors")),
-         ("validation accuracy", field("val_acc", "{:.4f}")), ("epochs", field("epochs", "{:.0f}")),
-         ("wall, s", field("wall_s", "{:.0f}"))],
+        [("test accuracy", "test_acc", "{:.4f}"), ("validation accuracy", "val_acc", "{:.4f}"),
+         ("epochs", "epochs", "{:.0f}"), ("wall, s", "wall_s", "{:.0f}")],
         "A 2-layer bidirectional LSTM; the rnnfused run adds zoneout, variational input/recurrent dropout and "
-        "weight drop. Early stopping on validation accuracy; 360 test images.", readme_dir,
-        ("test_acc", "test accuracy", False))
-    parts += pair_section(
+        "weight drop. Early stopping on validation accuracy; 360 test images. The seed also draws the "
+        "train/validation/test split (the same for both arms at a seed).", readme_dir,
+        ("test_acc", "test accuracy", False, "{:.4f}"))
+    parts += seeds_section(
         "Forecasting: yearly sunspot numbers (statsmodels), one year ahead", "sunspots",
-        [("LSTM", lstm_name), ("LSTM MAE", field("lstm_mae", "{:.2f}")), ("LSTM RMSE", field("lstm_rmse", "{:.2f}")),
-         ("persistence MAE", field("persistence_mae", "{:.2f}")),
-         ("seasonal naive (11 y) MAE", field("seasonal_mae", "{:.2f}")), ("test years", field("test_years", "{:.0f}")),
-         ("wall, s", field("wall_s", "{:.0f}"))],
+        [("LSTM MAE", "lstm_mae", "{:.2f}"), ("LSTM RMSE", "lstm_rmse", "{:.2f}"),
+         ("persistence MAE", "persistence_mae", "{:.2f}"), ("seasonal naive (11 y) MAE", "seasonal_mae", "{:.2f}"),
+         ("test years", "test_years", "{:.0f}"), ("wall, s", "wall_s", "{:.0f}")],
         "Errors on the last test years, in sunspot numbers; persistence predicts last year's value, the "
-        "seasonal naive forecast the value of 11 years before.", readme_dir,
-        ("lstm_mae", "test MAE", True))
+        "seasonal naive forecast the value of 11 years before (neither depends on the seed).", readme_dir,
+        ("lstm_mae", "test MAE", True, "{:.2f}"))
+    parts += seeds_section(
+        "Sequence to sequence: sunspot numbers, 11 years ahead", "seq2seq",
+        [("encoder-decoder MAE", "seq2seq_mae", "{:.2f}"), ("encoder-decoder RMSE", "seq2seq_rmse", "{:.2f}"),
+         ("one-step model iterated MAE", "iterated_mae", "{:.2f}"),
+         ("seasonal naive (11 y) MAE", "seasonal_mae", "{:.2f}"), ("wall, s", "wall_s", "{:.0f}")],
+        "`examples/forecasting/seq2seq.py`: an encoder-decoder (both recurrent layers from the arm's library) "
+        "forecasts the next 11 years from each origin in the test period; errors over every origin and step, "
+        "in sunspot numbers, against the one-step model of the same library fed its own forecasts and the "
+        "seasonal naive forecast.", readme_dir,
+        ("seq2seq_mae", "encoder-decoder test MAE", True, "{:.2f}"))
     return "\n".join(parts)
 
 

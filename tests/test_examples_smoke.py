@@ -136,6 +136,28 @@ def test_word_language_model_char_level_smoke_time_budget_and_generate(tmp_path)
     assert math.isfinite(float(budget["test_bpc"]))
 
 
+def test_demo_trains_both_arms_side_by_side_and_compares_them(tmp_path):
+    """``make demo``'s script: two RESULT lines (one per arm, bits per character, the same seed), the
+    nn.LSTMCell-loop estimate, one plot of both arms and a sentence naming the lower test figure."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, str(LM / "demo.py"), "--smoke", "--seed", "7", "--no-progress",
+                           "--out-dir", str(out)], cwd=tmp_path, env=example_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    fields = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in lines]
+    assert [f["lstm"] for f in fields] == ["rnnfused", "torch"]
+    assert all(f["seed"] == "7" and f["level"] == "char" and math.isfinite(float(f["test_bpc"])) for f in fields)
+    assert float(fields[0]["cell_loop_train_s_est"]) > 0 and "cell_loop_train_s_est" not in fields[1]
+    assert "nn.LSTMCell loop users write today would take about" in proc.stdout
+    assert "rnnfused.LSTM epoch   1:" in proc.stdout and "torch.nn.LSTM epoch   2:" in proc.stdout
+    assert (out / "comparison.png").stat().st_size > 0
+    for arm in ("rnnfused", "torch"):
+        assert (out / arm / "history.json").exists() and "RESULT" in (out / f"{arm}.log").read_text()
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "Lower test bits per character" in last or "tie on test bits per character" in last
+
+
 # The two small examples: directory, plot, and the RESULT fields that must be numbers in a range.
 SMALL_EXAMPLES = [
     pytest.param("digits_classifier", "confusion_matrix.png", {"test_acc": (0.0, 1.0)},

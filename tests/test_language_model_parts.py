@@ -168,6 +168,17 @@ def test_char_metric_is_bits_per_character_and_word_metric_perplexity():
     assert main.metric_name(char) == "bpc" and main.metric_name(word) == "ppl"
 
 
+def test_torch_arm_of_a_preset_takes_its_own_tuned_rates_and_flags_still_win():
+    main = _lm_main()
+    ours = main.parse_args(["--preset", "char-demo"])
+    theirs = main.parse_args(["--preset", "char-demo", "--lstm", "torch"])
+    for key, value in main.TORCH_RATES["char-demo"].items():
+        assert getattr(theirs, key) == value and getattr(ours, key) == main.PRESETS["char-demo"][key]
+    assert main.TORCH_RATES["char-demo"] != {k: main.PRESETS["char-demo"][k] for k in main.TORCH_RATES["char-demo"]}
+    assert main.parse_args(["--preset", "char-demo", "--lstm", "torch", "--dropout", "0.2"]).dropout == 0.2
+    assert main.parse_args(["--preset", "cpu-demo", "--lstm", "torch"]).dropout == main.PRESETS["cpu-demo"]["dropout"]
+
+
 def test_cell_loop_computes_the_fused_layers_function_in_eval_and_trains_a_step():
     import rnnfused
     from cell_loop import LSTMCellLoop, time_cell_loop
