@@ -1,7 +1,7 @@
 """``make demo``: what the in-recurrence regularizers buy, shown by training the same character-level
 language model twice at the same budget, side by side.
 
-    python3 examples/word_language_model/demo.py              # ~7 minutes on 2 CPU cores
+    python3 examples/word_language_model/demo.py              # ~8 minutes on 2 CPU cores
     python3 examples/word_language_model/demo.py --seed 2     # another seed
     python3 examples/word_language_model/demo.py --epochs 2   # a quick look (not the tuned budget)
     python3 examples/word_language_model/demo.py --smoke      # seconds, for CI
