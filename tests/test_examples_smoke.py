@@ -159,6 +159,13 @@ def test_demo_trains_both_arms_side_by_side_and_compares_them(tmp_path):
     assert "Lower test bits per character" in last or "tie on test bits per character" in last
 
 
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--epochs", "-1")])
+def test_demo_names_a_bad_argument(tmp_path, flag, value):
+    proc = subprocess.run([sys.executable, str(LM / "demo.py"), flag, value], cwd=tmp_path, env=example_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"{flag} must be at least 1" in proc.stderr
+
+
 # The two small examples: directory, plot, and the RESULT fields that must be numbers in a range.
 SMALL_EXAMPLES = [
     pytest.param("digits_classifier", "confusion_matrix.png", {"test_acc": (0.0, 1.0)},

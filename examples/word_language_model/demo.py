@@ -64,7 +64,11 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="a line per epoch instead of progress bars")
     p.add_argument("--time-cell-loop", type=int, default=None,
                    help="batches to time the nn.LSTMCell loop on (0: skip); default the preset's")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("epochs", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return args
 
 
 class Arm:
