@@ -132,7 +132,9 @@ def budget_sentence(results: dict) -> str:
     """How the equal-epoch budget came out in seconds, worded from the two runs' training times."""
     ours, theirs = float(results["rnnfused"]["train_s"]), float(results["torch"]["train_s"])
     epochs = results["rnnfused"]["epochs"]
-    if ours > theirs:
+    if min(ours, theirs) <= 0:   # printed to 0.1 s: a smoke run's times can round to 0
+        how = "too short to compare"
+    elif ours > theirs:
         how = f"rnnfused.LSTM took {ours / theirs - 1:.0%} longer"
     elif ours < theirs:
         how = f"torch.nn.LSTM took {theirs / ours - 1:.0%} longer"
@@ -147,6 +149,8 @@ def cell_loop_sentence(result: dict) -> str | None:
     if not est or not fused:
         return None
     est, fused = float(est), float(fused)
+    if est <= 0 or fused <= 0:   # printed to 0.1 s: a smoke run's times can round to 0
+        return None
     s = lambda v: f"{v:.0f}" if v >= 10 else f"{v:.1f}"  # noqa: E731
     return (f"The same regularized training written as the nn.LSTMCell loop users write today would take about "
             f"{s(est)} s instead of rnnfused's {s(fused)} s ({est / fused:.1f}x; an estimate from a few timed "
