@@ -148,7 +148,7 @@ def test_demo_trains_both_arms_side_by_side_and_compares_them(tmp_path):
     fields = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in lines]
     assert [f["lstm"] for f in fields] == ["rnnfused", "torch"]
     assert all(f["seed"] == "7" and f["level"] == "char" and math.isfinite(float(f["test_bpc"])) for f in fields)
-    assert float(fields[0]["cell_loop_train_s_est"]) > 0 and "cell_loop_train_s_est" not in fields[1]
+    assert float(fields[0]["cell_loop_train_s_est"]) >= 0 and "cell_loop_train_s_est" not in fields[1]
     if float(fields[0]["train_s"]) > 0:               # printed to 0.1 s: a smoke run's can round to 0
         assert "nn.LSTMCell loop users write today would take about" in proc.stdout
     assert "Training time for the same 2 epochs: rnnfused.LSTM" in proc.stdout
