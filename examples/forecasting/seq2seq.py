@@ -69,19 +69,11 @@ import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-try:  # the importable rnnfused (installed, or on PYTHONPATH), else this checkout's, built in place
-    try:
-        import rnnfused  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "rnnfused":
-            raise
-        sys.path.insert(0, str(HERE.parents[1]))
-        import rnnfused  # noqa: F401
-except ImportError as e:
-    sys.exit(f"{Path(__file__).name}: cannot import rnnfused: {e}")
-
-sys.path.insert(0, str(HERE))                 # main.py: the one-step forecaster beside this file
+# main.py, the one-step forecaster beside this file, also finds rnnfused (installed, on PYTHONPATH, or
+# this checkout's built in place) or exits saying why.
+sys.path.insert(0, str(HERE))
 from main import SEASON, Forecaster, build_parser, fit, load_sunspots, metrics, windows  # noqa: E402
+import rnnfused  # noqa: E402,F401  (importable now: main.py put it on the path if it had to)
 
 METHODS = ("seq2seq", "iterated one-step", "seasonal naive (11 y)", "persistence")
 STYLES = {"seq2seq": "C0o-", "iterated one-step": "C3s-", "seasonal naive (11 y)": "C2^:", "persistence": "C1--"}
