@@ -892,8 +892,17 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
     cs = at::empty({kept, B, H}, opts);
     cs[0].copy_(bt.to_loop(*args.c0));
   }
+  // Input term of all steps, packed rows (N, G*H); the cell pass adds the biases (and, for the
+  // LSTM, the GEMM adds the recurrent term into it).
+  Tensor xp = at::empty({N, GH}, opts);
   if (need_workspace) {
-    gates = at::empty({T, B, kWorkspaceGates * H}, opts);
+    // The LSTM's gates overwrite their own pre-activations: each chunk of the cell pass reads its
+    // units' four sums before it stores their four gates, so the workspace can be the input
+    // term's buffer when their rows are laid out alike, i.e. nothing is packed: one (T, B, 4H)
+    // allocation fewer per call (52 MB at (100, 64, 512, 512)); time unchanged within 1%.
+    constexpr bool kGatesInPlace = kCell == CellKind::kLstm;
+    gates = kGatesInPlace && !bt.packed ? xp.view({T, B, kWorkspaceGates * H})
+                                        : at::empty({T, B, kWorkspaceGates * H}, opts);
     if (plan.zoneout_c() && !Traits::kLayerNorm) ctil = at::empty({T, B, H}, opts);
   }
   // The LN-LSTM's normalized terms: kept for backward, or one step's worth of scratch.
@@ -914,8 +923,7 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   }
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "layer_forward_cpu", [&] {
-    // Input term of all steps, packed rows: Xp = x̂ W_ih^T (the cell pass adds the biases).
-    Tensor xp = at::empty({N, GH}, opts);
+    // Input term of all steps: Xp = x̂ W_ih^T.
     gemm_rowmajor<scalar_t>(false, true, N, GH, I, 1, xhat.data_ptr<scalar_t>(), I,
                             w_ih.data_ptr<scalar_t>(), I, 0, xp.data_ptr<scalar_t>(), GH);
     if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every t, in place
