@@ -15,6 +15,8 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_small_gemm.h"
+
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -91,12 +93,24 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 // split here instead: op(B) is packed as one panel of consecutive columns per thread, and each
 // call runs the panels in one parallel region, MKL single-threaded inside it (it is called from
 // within an OpenMP region). Each thread then also reads only its own share of B every step.
+// With at most kSmallRows rows (float, AVX2 builds), cpu_small_gemm.h's kernel serves the product
+// instead, its panels split over the threads the same way.
 template <typename scalar_t>
 class FixedRightOperand {
  public:
   FixedRightOperand(bool trans_b, int64_t m, int64_t n, int64_t k, const scalar_t* b, int64_t ldb)
       : trans_b_(trans_b), m_(m), n_(n), k_(k), b_(b), ldb_(ldb) {
     constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+#if defined(RNNFUSED_SMALL_GEMM)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (m > 0 && m <= kSmallRows && n > 0 && k > 0) {
+        small_ = at::empty({small_gemm::panels(n) * k * small_gemm::kNR},
+                           at::TensorOptions().dtype(at::kFloat));
+        small_gemm::pack(trans_b, n, k, b, ldb, small_.template data_ptr<float>());
+        return;
+      }
+    }
+#endif
     if constexpr (std::is_same_v<scalar_t, float>) {
       const bool fits = m <= kIntMax && n <= kIntMax && k <= kIntMax && ldb <= kIntMax;
       if (fits && m > 0 && n > 0 && k > 0 && cblas_sgemm_pack_get_size != nullptr &&
@@ -132,6 +146,21 @@ class FixedRightOperand {
             int64_t ldc) const {
     TORCH_INTERNAL_ASSERT(rows >= 0 && rows <= m_);
     if (rows == 0) return;
+#if defined(RNNFUSED_SMALL_GEMM)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (small_.defined() && (beta == 0.f || beta == 1.f)) {
+        const float* packed = small_.template data_ptr<float>();
+        const int64_t panels = small_gemm::panels(n_);
+        // At least ~64k multiply-adds per task: below that a parallel region costs more.
+        const int64_t per_panel = std::max<int64_t>(1, rows * k_ * small_gemm::kNR);
+        const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / per_panel);
+        at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+          small_gemm::gemm(rows, n_, k_, a, lda, packed, p0, p1, c, ldc, beta == 1.f);
+        });
+        return;
+      }
+    }
+#endif
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (!panels_.empty()) {
         auto run = [&](const Panel& p) {
@@ -167,6 +196,11 @@ class FixedRightOperand {
   const scalar_t* b_;
   int64_t ldb_;
   std::vector<Panel> panels_;
+  at::Tensor small_;  // op(B) in small_gemm's panels, when that kernel serves this product
+  // The most rows for which small_gemm serves the product: in one process, alternating, the
+  // regularized layer's fwd+bwd ran 5% faster with it at m = 8, 15% at 16, 19% at 32, and 2%
+  // slower at 64 (AMD EPYC, 2 threads).
+  static constexpr int64_t kSmallRows = 32;
 };
 
 }  // namespace rnnfused
