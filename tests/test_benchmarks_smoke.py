@@ -158,7 +158,7 @@ def test_run_packed_times_padded_against_packed_for_the_baseline_and_rnnfused(tm
         assert set(rows) == want, [s for s in result["skipped"] if s["cell"] == cell]
         for name in (base + "-packed", "rnnfused-reg-packed"):
             assert set(rows[name]["vs_padded"]) == {"fwd", "fwdbwd"} and rows[name]["vs_padded"]["fwd"] > 0
-    assert (35, 32, 200, 200) in run.PACKED_EXTRA_CONFIGS    # the word LM demo's shape, in the default configs
+    assert run.DEMO_CONFIG in run.CONFIGS["cpu"]             # the main job's shape, padded and packed
     # The default run does not time the packed variants.
     assert not any(n.endswith("-packed") for n in variants.variants(variants.CELLS["lstm"]))
 
