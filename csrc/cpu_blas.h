@@ -10,8 +10,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
 

@@ -2,7 +2,7 @@
 // C (m x n) = A (m x k) op(B) [+ C], with op(B) packed once per call and m a few rows.
 //
 // At m = 8 (a batch of 8) MKL's sgemm reaches about half of what it does on large products on
-// this project's AVX2 machines: a third of its time goes to copying operands it could keep
+// this project's AVX2 machines: a quarter of its time goes to copying operands it could keep
 // (the packed B included; `perf`: mkl_blas_def_sgemm_scopy_down16_bdz). Here op(B) is packed once
 // into panels of kNR columns, k rows of kNR floats each, and a register tile of up to kMR rows by
 // kNR columns walks down k with two loads of B and one broadcast of A per row; A is read where it
@@ -62,6 +62,14 @@ inline void store_row(float* row, __m256 lo, __m256 hi, int64_t ncols, bool accu
   for (int64_t j = 0; j < ncols; ++j) row[j] = accumulate ? row[j] + tmp[j] : tmp[j];
 }
 
+// One row of a tile at one kk: (lo, hi) += A[r][kk] * (b0, b1).
+__attribute__((always_inline)) inline void row_fma(__m256& lo, __m256& hi, const float* a_rk,
+                                                   __m256 b0, __m256 b1) {
+  const __m256 av = _mm256_broadcast_ss(a_rk);
+  lo = _mm256_fmadd_ps(av, b0, lo);
+  hi = _mm256_fmadd_ps(av, b1, hi);
+}
+
 // Rows [0, MR) of A against one panel: C[r][0, ncols) = sum_kk A[r][kk] P[kk][.] (+ C). The
 // accumulators are named variables, not an array: GCC kept an array's copy on the stack and
 // stored all twelve every iteration.
@@ -71,39 +79,15 @@ inline void tile(int64_t k, const float* a, int64_t lda, const float* panel, flo
   static_assert(MR >= 1 && MR <= 6, "a tile has 1 to 6 rows");
   __m256 l0 = _mm256_setzero_ps(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0,
          l4 = l0, h4 = l0, l5 = l0, h5 = l0;
-  const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda,
-              *a5 = a + 5 * lda;
   for (int64_t kk = 0; kk < k; ++kk) {
     const __m256 b0 = _mm256_loadu_ps(panel + kk * kNR);
     const __m256 b1 = _mm256_loadu_ps(panel + kk * kNR + 8);
-    __m256 av = _mm256_broadcast_ss(a0 + kk);
-    l0 = _mm256_fmadd_ps(av, b0, l0);
-    h0 = _mm256_fmadd_ps(av, b1, h0);
-    if constexpr (MR > 1) {
-      av = _mm256_broadcast_ss(a1 + kk);
-      l1 = _mm256_fmadd_ps(av, b0, l1);
-      h1 = _mm256_fmadd_ps(av, b1, h1);
-    }
-    if constexpr (MR > 2) {
-      av = _mm256_broadcast_ss(a2 + kk);
-      l2 = _mm256_fmadd_ps(av, b0, l2);
-      h2 = _mm256_fmadd_ps(av, b1, h2);
-    }
-    if constexpr (MR > 3) {
-      av = _mm256_broadcast_ss(a3 + kk);
-      l3 = _mm256_fmadd_ps(av, b0, l3);
-      h3 = _mm256_fmadd_ps(av, b1, h3);
-    }
-    if constexpr (MR > 4) {
-      av = _mm256_broadcast_ss(a4 + kk);
-      l4 = _mm256_fmadd_ps(av, b0, l4);
-      h4 = _mm256_fmadd_ps(av, b1, h4);
-    }
-    if constexpr (MR > 5) {
-      av = _mm256_broadcast_ss(a5 + kk);
-      l5 = _mm256_fmadd_ps(av, b0, l5);
-      h5 = _mm256_fmadd_ps(av, b1, h5);
-    }
+    row_fma(l0, h0, a + kk, b0, b1);
+    if constexpr (MR > 1) row_fma(l1, h1, a + lda + kk, b0, b1);
+    if constexpr (MR > 2) row_fma(l2, h2, a + 2 * lda + kk, b0, b1);
+    if constexpr (MR > 3) row_fma(l3, h3, a + 3 * lda + kk, b0, b1);
+    if constexpr (MR > 4) row_fma(l4, h4, a + 4 * lda + kk, b0, b1);
+    if constexpr (MR > 5) row_fma(l5, h5, a + 5 * lda + kk, b0, b1);
   }
   store_row(c, l0, h0, ncols, accumulate);
   if constexpr (MR > 1) store_row(c + ldc, l1, h1, ncols, accumulate);
