@@ -36,7 +36,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COLORS = {"nn.LSTM": "#4c72b0", "nn.GRU": "#4c72b0", "rnnfused": "#55a868", "rnnfused-reg": "#2a7a3b",
           "cell-loop-reg": "#c44e52", "compile-loop-reg": "#dd8452", "haste-reg": "#8172b3",
           "nn.LSTM-packed": "#8fa9d6", "nn.GRU-packed": "#8fa9d6", "rnnfused-packed": "#99d3a6",
-          "rnnfused-reg-packed": "#6fbf80"}
+          "rnnfused-reg-packed": "#6fbf80", "rnnfused-lengths": "#b5dfbd", "rnnfused-reg-lengths": "#a3d9a5"}
 MODES = {"fwd": "forward", "fwdbwd": "forward+backward"}
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 2, 10 rather than 5×10⁻¹
 
@@ -105,18 +105,24 @@ def run_table(run: dict, cell: str = "lstm") -> str:
     """One row per config and variant of `cell`: median [p25–p75] ms and the ratio to its torch module."""
     base = baseline(cell)
     results = of_cell(run["results"], cell)
+    # A variable-length run also says how much faster each packed form is than its padded variant.
+    varlen = "packed_lengths" in run
     lines = [f"{headline(run)}",
              "",
              f"| T×B×I×H | variant | fwd ms, median [p25–p75] | fwd vs {base} | fwd+bwd ms | "
-             f"fwd+bwd vs {base} | peak MiB |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"fwd+bwd vs {base} |" + (" fwd+bwd speed-up over padded |" if varlen else "") + " peak MiB |",
+             "|---|---|---:|---:|---:|---:|" + ("---:|" if varlen else "") + "---:|"]
     last = None
     for row in results:
         label = cfg_label(row["config"])
         mem = row.get("peak_mem_mb")
+        speedup = ""
+        if varlen:
+            ratio = row.get("vs_padded", {}).get("fwdbwd")
+            speedup = f" {1 / ratio:.2f}x |" if ratio else " |"
         lines.append(f"| {label if label != last else ''} | {row['variant']} | {_ms(row.get('fwd_ms'))} | "
-                     f"{_ratio(row, 'fwd')} | {_ms(row.get('fwdbwd_ms'))} | {_ratio(row, 'fwdbwd')} | "
-                     f"{'–' if mem is None else f'{mem:.0f}'} |")
+                     f"{_ratio(row, 'fwd')} | {_ms(row.get('fwdbwd_ms'))} | {_ratio(row, 'fwdbwd')} |"
+                     f"{speedup} {'–' if mem is None else f'{mem:.0f}'} |")
         last = label
     notes = []
     for row in results:

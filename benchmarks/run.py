@@ -79,10 +79,13 @@ def parse_args(argv=None):
 
 
 def add_vs_padded(rows: list[dict]) -> None:
-    """Each '-packed' row's median time over its padded variant's, as vs_padded {fwd, fwdbwd}."""
+    """Each '-packed' (and '-lengths') row's median time over its padded variant's, as vs_padded
+    {fwd, fwdbwd}."""
     by = {r["variant"]: r for r in rows}
     for r in rows:
-        base = by.get(r["variant"].removesuffix("-packed")) if r["variant"].endswith("-packed") else None
+        name = r["variant"]
+        suffix = next((s for s in ("-packed", "-lengths") if name.endswith(s)), None)
+        base = by.get(name.removesuffix(suffix)) if suffix else None
         if base:
             r["vs_padded"] = {mode: round(r[f"{mode}_ms"]["median"] / base[f"{mode}_ms"]["median"], 3)
                               for mode in ("fwd", "fwdbwd") if f"{mode}_ms" in r and f"{mode}_ms" in base}

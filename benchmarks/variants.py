@@ -285,6 +285,29 @@ def build_packed(ref: nn.Module, cell: Cell, *, inner: Callable, **kwargs) -> nn
     return Packed(inner(ref, cell, **kwargs))
 
 
+# The same batch, padded, with the lengths handed to rnnfused's forward (its `lengths` extension): what a
+# user whose data comes padded calls instead of packing it. Nothing of nn.LSTM's has this form.
+LENGTHS_FORM = "the padded batch and lengths=packed_lengths(T, B) to rnnfused's forward (no PackedSequence)"
+
+
+class WithLengths(nn.Module):
+    """`inner` (an rnnfused module) on the padded (T, B, I) batch with lengths=packed_lengths(T, B): the
+    output comes back padded (zeros past each length), as Packed's does, without the round trip through a
+    PackedSequence."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, hx=None):
+        T, B, _ = x.shape
+        return self.inner(x, hx, lengths=packed_lengths(T, B))
+
+
+def build_with_lengths(ref: nn.Module, cell: Cell, *, inner: Callable, **kwargs) -> nn.Module:
+    return WithLengths(inner(ref, cell, **kwargs))
+
+
 def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
     """Which library the torch module dispatches to; without a device, both (for the descriptions)."""
     if device is None:
@@ -299,13 +322,17 @@ def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtyp
 
 def variants(cell: Cell, packed: bool = False) -> dict[str, tuple[Callable, dict, str]]:
     """name -> (builder, keyword arguments, one-line description for the JSON), the baseline first. With
-    `packed`, also the variable-length variants (opt-in: run.py --packed), each the padded variant of the
-    name without '-packed' on the same batch as a PackedSequence (PACKED_LENGTHS)."""
+    `packed`, also the variable-length variants (opt-in: run.py --packed): each the padded variant of the
+    name without '-packed' on the same batch as a PackedSequence (PACKED_LENGTHS), and for rnnfused's,
+    '-lengths', the padded batch with its lengths (LENGTHS_FORM)."""
     if packed:
         plain = variants(cell)
         extra = {f"{name}-packed": (build_packed, dict(kwargs, inner=builder), f"{desc}; {PACKED_LENGTHS}")
                  for name, (builder, kwargs, desc) in plain.items() if name in (cell.baseline, *SUBJECTS)}
-        return {**plain, **extra}
+        lengths = {f"{name}-lengths": (build_with_lengths, dict(kwargs, inner=builder),
+                                       f"{desc}; {LENGTHS_FORM}")
+                   for name, (builder, kwargs, desc) in plain.items() if name in SUBJECTS}
+        return {**plain, **extra, **lengths}
     n = cell.name
     ln = "layer_norm=True" if cell.layer_norm else ""
     loop = ("a layer-normalized LSTM cell (F.layer_norm on both GEMM terms and on c)" if cell.layer_norm
@@ -326,8 +353,10 @@ ALL_NAMES = list(dict.fromkeys(name for cell in CELLS.values() for name in varia
 
 
 def packed_names(cell: Cell) -> list[str]:
-    """run.py --packed's default: the baseline and rnnfused-reg, each padded and packed."""
-    return [cell.baseline, f"{cell.baseline}-packed", "rnnfused-reg", "rnnfused-reg-packed"]
+    """run.py --packed's default: the baseline and rnnfused-reg, each padded and packed; rnnfused-reg also
+    padded with lengths."""
+    return [cell.baseline, f"{cell.baseline}-packed", "rnnfused-reg", "rnnfused-reg-packed",
+            "rnnfused-reg-lengths"]
 
 
 def build(name: str, ref: nn.Module, cell: Cell | str = "lstm") -> nn.Module:

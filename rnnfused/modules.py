@@ -317,9 +317,17 @@ class RNNBase(nn.Module):
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
         return layer_input, [torch.stack(per_state, 0) for per_state in zip(*finals)]
 
-    def forward(self, input, hx=None):
-        x, lengths, unbatched = self._time_major(input)
+    def forward(self, input, hx=None, lengths=None):
+        x, packed_lengths, unbatched = self._time_major(input)
         self._check_input(x)
+        if lengths is None:
+            lengths = packed_lengths
+        elif packed_lengths is not None:
+            raise ValueError(f"{self._name}: lengths must be None when the input is a PackedSequence, "
+                             f"which carries its own lengths")
+        elif unbatched:
+            raise ValueError(f"{self._name}: lengths needs batched (3-D) input, got 2-D input of "
+                             f"shape {tuple(input.shape)}")
         batch = x.shape[1]
         if hx is None:
             shape = (self.num_layers * self._num_directions, batch)
@@ -452,10 +460,17 @@ class LSTM(RNNBase):
             **layer_norm)
         return out, (h, c)
 
-    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None,
+                lengths: Optional[Tensor] = None):
         """input: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
-        hx: (h_0, c_0) or None for zeros. Returns (output, (h_n, c_n)) with nn.LSTM's shapes."""
-        return super().forward(input, hx)
+        hx: (h_0, c_0) or None for zeros. Returns (output, (h_n, c_n)) with nn.LSTM's shapes.
+
+        lengths (an rnnfused extension; nn.LSTM has none): (B,) integers in [0, T] with padded
+        batched input, sample b running over its first lengths[b] steps only, as if packed: the
+        output is 0 past each length and h_n, c_n are taken at each sample's own last step. Steps
+        past a length cost nothing, and the padding needs no pack_padded_sequence /
+        pad_packed_sequence round trip."""
+        return super().forward(input, hx, lengths)
 
 
 class GRU(RNNBase):
@@ -522,10 +537,11 @@ class GRU(RNNBase):
             weights.get("bias_ih"), weights.get("bias_hh"), **kwargs)
         return out, (h,)
 
-    def forward(self, input, hx: Optional[Tensor] = None):
+    def forward(self, input, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None):
         """input: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence;
-        hx: h_0 or None for zeros. Returns (output, h_n) with nn.GRU's shapes."""
-        return super().forward(input, hx)
+        hx: h_0 or None for zeros. Returns (output, h_n) with nn.GRU's shapes. lengths: as for
+        rnnfused.LSTM.forward (padded input, each sample over its first lengths[b] steps)."""
+        return super().forward(input, hx, lengths)
 
 
 def _register_safe_globals() -> None:

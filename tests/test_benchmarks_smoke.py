@@ -153,11 +153,19 @@ def test_run_packed_times_padded_against_packed_for_the_baseline_and_rnnfused(tm
     assert "uniform in [T/4, T]" in result["packed_lengths"]
     for cell, base in BASELINES.items():
         rows = {r["variant"]: r for r in result["results"] if r["cell"] == cell}
-        want = {base, base + "-packed", "rnnfused-reg", "rnnfused-reg-packed"}
+        want = {base, base + "-packed", "rnnfused-reg", "rnnfused-reg-packed", "rnnfused-reg-lengths"}
         assert set(result["variants"][cell]) == want          # opt-in: nothing else unless --variants asks
         assert set(rows) == want, [s for s in result["skipped"] if s["cell"] == cell]
-        for name in (base + "-packed", "rnnfused-reg-packed"):
+        for name in (base + "-packed", "rnnfused-reg-packed", "rnnfused-reg-lengths"):
             assert set(rows[name]["vs_padded"]) == {"fwd", "fwdbwd"} and rows[name]["vs_padded"]["fwd"] > 0
+        assert "vs_padded" not in rows["rnnfused-reg"]
+    # The table gives each variable-length variant's speed-up over its padded variant.
+    md = report.run_table(result, "lstm")
+    assert "| fwd+bwd speed-up over padded |" in md
+    line = next(l for l in md.splitlines() if "| rnnfused-reg-lengths |" in l)
+    speedup = 1 / next(r for r in result["results"] if r["cell"] == "lstm"
+                       and r["variant"] == "rnnfused-reg-lengths")["vs_padded"]["fwdbwd"]
+    assert f"| {speedup:.2f}x |" in line
     assert run.DEMO_CONFIG in run.CONFIGS["cpu"]             # the main job's shape, padded and packed
     # The default run does not time the packed variants.
     assert not any(n.endswith("-packed") for n in variants.variants(variants.CELLS["lstm"]))
@@ -176,6 +184,9 @@ def test_packed_variants_compute_the_padded_batch_cut_at_its_lengths(bench, cell
     x = torch.randn(T, B, 5, dtype=torch.float64)
     want, _ = variants.build(kind.baseline + "-packed", ref, kind)(x)
     got, _ = variants.Packed(variants.build("rnnfused", ref, kind))(x)
+    torch.testing.assert_close(got, want)
+    # The '-lengths' form (padded batch, lengths to rnnfused's forward) computes the same.
+    got, _ = variants.WithLengths(variants.build("rnnfused", ref, kind))(x)
     torch.testing.assert_close(got, want)
     for b, n in enumerate(lengths.tolist()):
         assert torch.all(want[n:, b] == 0) and torch.all(want[:n, b] != 0)
