@@ -25,6 +25,7 @@
 
 #include "cell_math.h"
 #include "cpu_blas.h"
+#include "cpu_philox.h"
 #include "layer.h"
 #include "layer_ops.h"
 
@@ -109,29 +110,20 @@ void draw_step_masks(const LayerPlan& plan, MaskKind kind, int64_t t, int64_t b,
   const MaskStream stream = plan.stream(kind);
   const uint32_t threshold = plan.threshold(kind);
   const acc_t inv_keep = static_cast<acc_t>(plan.inv_keep(kind));
-  // One Philox block per quad, the quads of the chunk side by side so the rounds vectorize
-  // (about 20x faster than block by block), then the words become mask values.
-  uint32_t words[4][kChunk / 4];
+  // One Philox block per quad, the quads of the chunk side by side (cpu_philox.h), then the words
+  // become mask values.
+  static_assert(kChunk / 4 <= kPhiloxQuads);
+  uint32_t words[4][kPhiloxQuads];
   const int64_t quads = (n + 3) / 4;
-#pragma omp simd
-  for (int64_t q = 0; q < quads; ++q) {
-    const Philox4x32 w = stream.quad(t, b, j0 / 4 + q);
-    words[0][q] = w.v[0];
-    words[1][q] = w.v[1];
-    words[2][q] = w.v[2];
-    words[3][q] = w.v[3];
-  }
-  // n is a multiple of 4 except in the last chunk of a row; out has room for kChunk values.
+  philox_quads(stream, t, b, j0 / 4, quads, words);
+  // n is a multiple of 4 except in the last chunk of a row; out has room for kChunk values (a
+  // multiple of 32). Zoneout: 1 where the previous value is kept (zoneout_value); dropout: 0 where
+  // the unit is dropped, else 1 / (1 - p) (dropout_scale).
+  static_assert(kChunk % 32 == 0);
   if (is_zoneout) {
-    for (int64_t q = 0; q < quads; ++q) {
-      for (int k = 0; k < 4; ++k) out[4 * q + k] = zoneout_value<acc_t>(words[k][q], threshold);
-    }
+    mask_values<acc_t>(words, quads, threshold, acc_t(1), acc_t(0), out);
   } else {
-    for (int64_t q = 0; q < quads; ++q) {
-      for (int k = 0; k < 4; ++k) {
-        out[4 * q + k] = dropout_scale<acc_t>(words[k][q], threshold, inv_keep);
-      }
-    }
+    mask_values<acc_t>(words, quads, threshold, acc_t(0), inv_keep, out);
   }
 }
 

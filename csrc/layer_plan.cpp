@@ -5,6 +5,8 @@
 // names the argument and says what was expected.
 #include "layer.h"
 
+#include "cpu_philox.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -212,30 +214,21 @@ SequenceMasks sequence_masks(const LayerPlan& plan, at::ScalarType dtype) {
     const MaskStream stream = plan.stream(kind);
     const uint32_t threshold = plan.threshold(kind);
     const int64_t quads = (cols + 3) / 4;
-    constexpr int64_t kBlock = 16;  // quads drawn side by side, so the Philox rounds vectorize
+    constexpr int64_t kBlock = kPhiloxQuads;  // quads drawn side by side (cpu_philox.h)
     const int64_t blocks = (quads + kBlock - 1) / kBlock;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sequence_masks", [&] {
       scalar_t* p = scale.data_ptr<scalar_t>();
       const scalar_t inv_keep = static_cast<scalar_t>(plan.inv_keep(kind));
       at::parallel_for(0, rows * blocks, 64, [&](int64_t begin, int64_t end) {
         uint32_t words[4][kBlock];
+        scalar_t values[4 * kBlock];  // 64: a multiple of 32, as mask_values needs
         for (int64_t task = begin; task < end; ++task) {
           const int64_t r = task / blocks, q0 = (task % blocks) * kBlock;
           const int64_t nq = std::min(kBlock, quads - q0);
-_Pragma("omp simd")
-          for (int64_t q = 0; q < nq; ++q) {
-            const Philox4x32 w = stream.quad(0, r, q0 + q);
-            words[0][q] = w.v[0];
-            words[1][q] = w.v[1];
-            words[2][q] = w.v[2];
-            words[3][q] = w.v[3];
-          }
+          philox_quads(stream, 0, r, q0, nq, words);
           const int64_t j0 = q0 * 4, n = std::min(kBlock * 4, cols - j0);
-          for (int64_t k = 0; k < n; ++k) {
-            p[r * cols + j0 + k] = dropout_keep(words[k % 4][k / 4], threshold)
-                                       ? inv_keep
-                                       : static_cast<scalar_t>(0);
-          }
+          mask_values<scalar_t>(words, nq, threshold, scalar_t(0), inv_keep, values);
+          std::copy(values, values + n, p + r * cols + j0);
         }
       });
     });

@@ -38,11 +38,15 @@ RNNFUSED_HD void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& 
   lo = static_cast<uint32_t>(p);
 }
 
+// Philox-4x32's round multipliers and key increments (Weyl constants).
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+
 // Philox-4x32 with 10 rounds on counter c and key k.
 RNNFUSED_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                      uint32_t k0, uint32_t k1) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  constexpr uint32_t kM0 = kPhiloxM0, kM1 = kPhiloxM1;
+  constexpr uint32_t kW0 = kPhiloxW0, kW1 = kPhiloxW1;
 #if defined(__CUDACC__)
 #pragma unroll
 #endif

@@ -186,3 +186,48 @@ def test_draw_seed_uses_the_generator_passed_in():
     state = torch.get_rng_state()
     assert draw_seed(generator=g) == a
     assert torch.equal(torch.get_rng_state(), state), "the default generator was used"
+
+
+# --- the generator itself, against an independent implementation ---------------------------------------
+
+def philox4x32_10(counter, key):
+    """Philox-4x32-10 (Salmon et al., SC'11) in plain Python: four 32-bit words of a counter and a key."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ c3 ^ k1, p0 & 0xFFFFFFFF)
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def test_the_python_philox_gives_random123_s_known_answers():
+    assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert philox4x32_10((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6,
+                                                                   0x6D5451FD)
+    assert philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+@pytest.mark.parametrize("layer,reverse", [(0, False), (2, True)])
+def test_every_mask_bit_is_the_documented_philox_word_against_its_threshold(layer, reverse):
+    """SPEC §3 bit by bit: the word of unit j of row r at step t is word j % 4 of the block at counter
+    (j // 4, r, t, layer << 16 | reverse << 8 | kind) under key (seed low, seed high); dropout keeps a unit
+    when the word is >= floor(p * 2**32), zoneout keeps the previous value when it is below. Widths that
+    are not multiples of 4 or 8 and more than 64 units, so partial blocks and partial vectors are drawn."""
+    T, B, I, H = 3, 2, 70, 37
+    m = lstm_masks(SEED, T, B, I, H, layer=layer, reverse=reverse, dtype=torch.float64, **ALL_ON)
+    key = (SEED & 0xFFFFFFFF, SEED >> 32)
+    kinds = [("input", 0, 1, B, I), ("recurrent", 1, 1, B, H), ("weight", 2, 1, 4 * H, H),
+             ("candidate", 3, T, B, H), ("zoneout_c", 4, T, B, H), ("zoneout_h", 5, T, B, H)]
+    for name, kind, steps, rows, cols in kinds:
+        threshold = math.floor(ALL_ON[RATE_OF_KIND[name]] * 2**32)
+        tag = layer << 16 | int(reverse) << 8 | kind
+        got = m[name].reshape(steps, rows, cols)
+        for t in range(steps):
+            for r in range(rows):
+                for q in range((cols + 3) // 4):
+                    words = philox4x32_10((q, r, t, tag), key)
+                    for i in range(min(4, cols - 4 * q)):
+                        bit = words[i] >= threshold if kind < 4 else words[i] < threshold
+                        assert got[t, r, 4 * q + i] == float(bit), (name, t, r, 4 * q + i)
