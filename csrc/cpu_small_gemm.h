@@ -26,10 +26,11 @@ constexpr int64_t kMR = 6;   // rows of a register tile: 12 accumulators, 2 B re
 
 inline int64_t panels(int64_t n) { return (n + kNR - 1) / kNR; }
 
-// op(B) (k x n; B row-major with row stride ldb, transposed when trans_b) into panels(n) panels
-// of k x kNR floats, columns past n zero.
-inline void pack(bool trans_b, int64_t n, int64_t k, const float* b, int64_t ldb, float* out) {
-  for (int64_t p = 0; p < panels(n); ++p) {
+// Panels [p0, p1) of op(B) (k x n; B row-major with row stride ldb, transposed when trans_b),
+// each k x kNR floats at out + p * k * kNR, columns past n zero.
+inline void pack(bool trans_b, int64_t n, int64_t k, const float* b, int64_t ldb, float* out,
+                 int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
     float* dst = out + p * k * kNR;
     for (int64_t j = 0; j < kNR; ++j) {
       const int64_t col = p * kNR + j;
