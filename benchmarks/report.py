@@ -134,6 +134,9 @@ def run_table(run: dict, cell: str = "lstm") -> str:
         skipped.setdefault((k["variant"], k["reason"]), []).append(cfg_label(k["config"]))
     for (variant, reason), cfgs in skipped.items():
         notes.append(f"{variant} skipped on {', '.join(cfgs)}: {reason}.")
+    if any(r["variant"].endswith("-lengths") for r in results):
+        notes.append("'-lengths' rows: the same lengths, the padded batch given to rnnfused's forward with "
+                     "lengths= (no PackedSequence, nothing packed or padded around the layer).")
     notes += run.get("notes", [])
     n = sorted({r[m]["n"] for r in results for m in ("fwd_ms", "fwdbwd_ms") if m in r})
     if n:

@@ -254,7 +254,7 @@ def build_haste(ref: nn.Module, cell: Cell, **_) -> nn.Module:
 # Variable-length input (run.py --packed): the same batch with lengths drawn uniformly from [T/4, T] by a
 # fixed seed, in random order, handed over as a PackedSequence.
 PACKED_SEED = 4321
-PACKED_LENGTHS = (f"lengths uniform in [T/4, T] (torch.randint, seed {PACKED_SEED}), unsorted; "
+PACKED_LENGTHS = (f"lengths uniform in [T/4, T] (torch.randint, seed {PACKED_SEED}), unsorted; '-packed': "
                   "pack_padded_sequence(enforce_sorted=False) in, pad_packed_sequence out, both timed")
 
 

@@ -161,7 +161,7 @@ def test_run_packed_times_padded_against_packed_for_the_baseline_and_rnnfused(tm
         assert "vs_padded" not in rows["rnnfused-reg"]
     # The table gives each variable-length variant's speed-up over its padded variant.
     md = report.run_table(result, "lstm")
-    assert "| fwd+bwd speed-up over padded |" in md
+    assert "| fwd+bwd speed-up over padded |" in md and "'-lengths' rows: the same lengths" in md
     line = next(l for l in md.splitlines() if "| rnnfused-reg-lengths |" in l)
     speedup = 1 / next(r for r in result["results"] if r["cell"] == "lstm"
                        and r["variant"] == "rnnfused-reg-lengths")["vs_padded"]["fwdbwd"]
