@@ -266,46 +266,38 @@ def packed_lengths(T: int, B: int) -> torch.Tensor:
 
 
 class Packed(nn.Module):
-    """`inner` on the padded (T, B, I) batch packed by packed_lengths(T, B), the way users call an RNN on
-    variable-length data: pack_padded_sequence (enforce_sorted=False), the module, pad_packed_sequence back
-    to (T, B, ·) (zeros past each length). Packing and unpacking are part of what is timed."""
+    """`inner` on the padded (T, B, I) batch cut at packed_lengths(T, B), the output padded back to
+    (T, B, ·) (zeros past each length), in one of two forms:
 
-    def __init__(self, inner: nn.Module):
+    - "packed": the way users call an RNN on variable-length data: pack_padded_sequence
+      (enforce_sorted=False), the module, pad_packed_sequence; packing and unpacking are timed;
+    - "lengths": rnnfused's own form, the padded batch with lengths= to the module's forward (its
+      `lengths` extension; nothing of nn.LSTM's has it), no PackedSequence.
+    """
+
+    def __init__(self, inner: nn.Module, form: str = "packed"):
         super().__init__()
-        self.inner = inner
+        if form not in ("packed", "lengths"):
+            raise ValueError(f"form must be 'packed' or 'lengths', got {form!r}")
+        self.inner, self.form = inner, form
 
     def forward(self, x, hx=None):
         T, B, _ = x.shape
-        packed = pack_padded_sequence(x, packed_lengths(T, B), enforce_sorted=False)
+        lengths = packed_lengths(T, B)
+        if self.form == "lengths":
+            return self.inner(x, hx, lengths=lengths)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         out, state = self.inner(packed, hx)
         return pad_packed_sequence(out, total_length=T)[0], state
 
 
-def build_packed(ref: nn.Module, cell: Cell, *, inner: Callable, **kwargs) -> nn.Module:
-    return Packed(inner(ref, cell, **kwargs))
+def build_packed(ref: nn.Module, cell: Cell, *, inner: Callable, form: str = "packed",
+                 **kwargs) -> nn.Module:
+    return Packed(inner(ref, cell, **kwargs), form)
 
 
-# The same batch, padded, with the lengths handed to rnnfused's forward (its `lengths` extension): what a
-# user whose data comes padded calls instead of packing it. Nothing of nn.LSTM's has this form.
+# The description of the '-lengths' variants (Packed's "lengths" form).
 LENGTHS_FORM = "the padded batch and lengths=packed_lengths(T, B) to rnnfused's forward (no PackedSequence)"
-
-
-class WithLengths(nn.Module):
-    """`inner` (an rnnfused module) on the padded (T, B, I) batch with lengths=packed_lengths(T, B): the
-    output comes back padded (zeros past each length), as Packed's does, without the round trip through a
-    PackedSequence."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, hx=None):
-        T, B, _ = x.shape
-        return self.inner(x, hx, lengths=packed_lengths(T, B))
-
-
-def build_with_lengths(ref: nn.Module, cell: Cell, *, inner: Callable, **kwargs) -> nn.Module:
-    return WithLengths(inner(ref, cell, **kwargs))
 
 
 def nn_backend(cell: Cell, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
@@ -329,7 +321,7 @@ def variants(cell: Cell, packed: bool = False) -> dict[str, tuple[Callable, dict
         plain = variants(cell)
         extra = {f"{name}-packed": (build_packed, dict(kwargs, inner=builder), f"{desc}; {PACKED_LENGTHS}")
                  for name, (builder, kwargs, desc) in plain.items() if name in (cell.baseline, *SUBJECTS)}
-        lengths = {f"{name}-lengths": (build_with_lengths, dict(kwargs, inner=builder),
+        lengths = {f"{name}-lengths": (build_packed, dict(kwargs, inner=builder, form="lengths"),
                                        f"{desc}; {LENGTHS_FORM}")
                    for name, (builder, kwargs, desc) in plain.items() if name in SUBJECTS}
         return {**plain, **extra, **lengths}

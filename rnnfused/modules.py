@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import GRU_RATE_NAMES, RATE_NAMES, _seed_tensor, check_rate, gru_layer, lstm_layer
+from .functional import GRU_RATE_NAMES, RATE_NAMES, _as_lengths, _seed_tensor, check_rate, gru_layer, lstm_layer
 
 __all__ = ["RNNBase", "LSTM", "GRU"]
 
@@ -328,6 +328,9 @@ class RNNBase(nn.Module):
         elif unbatched:
             raise ValueError(f"{self._name}: lengths needs batched (3-D) input, got 2-D input of "
                              f"shape {tuple(input.shape)}")
+        else:
+            # Checked and brought to the CPU once here, not by every layer and direction.
+            lengths = _as_lengths(lengths, x.shape[1], x.shape[0])
         batch = x.shape[1]
         if hx is None:
             shape = (self.num_layers * self._num_directions, batch)

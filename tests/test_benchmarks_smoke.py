@@ -186,7 +186,7 @@ def test_packed_variants_compute_the_padded_batch_cut_at_its_lengths(bench, cell
     got, _ = variants.Packed(variants.build("rnnfused", ref, kind))(x)
     torch.testing.assert_close(got, want)
     # The '-lengths' form (padded batch, lengths to rnnfused's forward) computes the same.
-    got, _ = variants.WithLengths(variants.build("rnnfused", ref, kind))(x)
+    got, _ = variants.Packed(variants.build("rnnfused", ref, kind), form="lengths")(x)
     torch.testing.assert_close(got, want)
     for b, n in enumerate(lengths.tolist()):
         assert torch.all(want[n:, b] == 0) and torch.all(want[:n, b] != 0)
