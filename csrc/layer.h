@@ -11,7 +11,7 @@
 // R = P with an LSTM projection else H):
 //   input (T, B, I)  h0 (B, R)  c0 (B, H) (LSTM only)  weight_ih (G*H, I)  weight_hh (G*H, R)
 //   bias_ih, bias_hh (G*H)  weight_hr (P, H) (LSTM only)  lengths (B) int64 on the CPU
-//   seed: 0-dim int64 CPU tensor
+//   seed: 0-dim int64 tensor on the CPU, or (CUDA) on the input's device
 //   rates: [input_dropout, recurrent_dropout, weight_drop, candidate_dropout, zoneout_c, zoneout_h]
 //          (the GRU has no cell state: its zoneout_c must be 0)
 // Forward returns output (T, B, R), h_n (B, R), c_n (B, H) (LSTM) and the workspace that
@@ -130,6 +130,9 @@ struct LayerPlan {
   bool reverse = false;
   int64_t layer = 0;
   uint64_t seed = 0;
+  // CUDA only: the seed as a one-element int64 tensor on the input's device (drawn there by
+  // torch's CUDA generator), which the kernels read at run time; then `seed` is unused (0).
+  const int64_t* seed_on_device = nullptr;
   std::array<double, kNumMaskKinds> rate{};
 
   // Which regularizers are active in this call. Dropout and weight drop only act in training;

@@ -40,6 +40,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -79,10 +80,20 @@ constexpr bool kCanProject = is_lstm(kCell);
 // Masks
 // ---------------------------------------------------------------------------------------------
 
+// A call's stream as a kernel uses it: keyed by the seed in device memory when the call's seed
+// is a CUDA tensor (drawn there by torch's CUDA generator: nothing waits for the host, and a CUDA
+// graph replay reads the seed its own replay drew), else by the host seed the plan read.
+__device__ __forceinline__ MaskStream keyed(const MaskStream& stream, const int64_t* seed_on_device) {
+  return seed_on_device != nullptr ? stream.with_seed(static_cast<uint64_t>(*seed_on_device))
+                                   : stream;
+}
+
 // The device equivalent of sequence_masks(): a (rows, cols) inverted-dropout scale, t = 0.
 template <typename scalar_t>
 __global__ void sequence_mask_kernel(scalar_t* __restrict__ scale, int64_t rows, int64_t cols,
-                                     MaskStream stream, uint32_t threshold, scalar_t inv_keep) {
+                                     MaskStream call_stream, const int64_t* seed_on_device,
+                                     uint32_t threshold, scalar_t inv_keep) {
+  const MaskStream stream = keyed(call_stream, seed_on_device);
   const int64_t quads = (cols + 3) / 4;
   RNNFUSED_GRID_STRIDE(n, rows * quads) {
     const int64_t r = n / quads, q = n % quads;
@@ -107,8 +118,8 @@ SequenceMasks sequence_masks_cuda(const LayerPlan& plan, const at::TensorOptions
       const int64_t quads = (cols + 3) / 4;
       sequence_mask_kernel<scalar_t>
           <<<num_blocks(rows * quads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              scale.data_ptr<scalar_t>(), rows, cols, plan.stream(kind), plan.threshold(kind),
-              static_cast<scalar_t>(plan.inv_keep(kind)));
+              scale.data_ptr<scalar_t>(), rows, cols, plan.stream(kind), plan.seed_on_device,
+              plan.threshold(kind), static_cast<scalar_t>(plan.inv_keep(kind)));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return scale;
@@ -128,6 +139,7 @@ struct StepMaskParams {
   acc_t cand_inv_keep;
   acc_t zone_c_rate, zone_h_rate;  // evaluation: zoneout at its expectation
   bool training;
+  const int64_t* seed_on_device;  // the call's seed in device memory, or null (see keyed())
 
   explicit StepMaskParams(const LayerPlan& plan)
       : cand(plan.stream(kMaskCandidate)),
@@ -139,7 +151,17 @@ struct StepMaskParams {
         cand_inv_keep(static_cast<acc_t>(plan.inv_keep(kMaskCandidate))),
         zone_c_rate(static_cast<acc_t>(plan.rate[kMaskZoneoutC])),
         zone_h_rate(static_cast<acc_t>(plan.rate[kMaskZoneoutH])),
-        training(plan.training) {}
+        training(plan.training),
+        seed_on_device(plan.seed_on_device) {}
+
+  // A kernel's first step: the streams keyed by the seed it reads from device memory, if any.
+  __device__ __forceinline__ StepMaskParams resolved() const {
+    StepMaskParams p = *this;
+    p.cand = keyed(cand, seed_on_device);
+    p.zone_c = keyed(zone_c, seed_on_device);
+    p.zone_h = keyed(zone_h, seed_on_device);
+    return p;
+  }
 
   // Zoneout of one quad: the 0/1 keep-previous mask in training, the rate in evaluation.
   __device__ __forceinline__ void zoneout(const MaskStream& stream, uint32_t threshold,
@@ -421,8 +443,9 @@ __device__ __forceinline__ void finish_state(const ForwardStep<scalar_t>& s, int
 // (LSTM) it leaves h̃ in htil for the projection GEMM.
 template <CellKind kCell, typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
-    forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> mp, int64_t t, int64_t B,
-                        int64_t H, bool has_proj_) {
+    forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> call_masks, int64_t t,
+                        int64_t B, int64_t H, bool has_proj_) {
+  [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Cell = CudaCell<kCell>;
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   const bool has_proj = kCanProject<kCell> && has_proj_;
@@ -460,7 +483,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, typename acc_t, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
     forward_projected_state_kernel(ForwardStep<scalar_t> s, const scalar_t* __restrict__ hproj,
-                                   StepMaskParams<acc_t> mp, int64_t t, int64_t B, int64_t R) {
+                                   StepMaskParams<acc_t> call_masks, int64_t t, int64_t B,
+                                   int64_t R) {
+  [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   const int64_t quads = (R + 3) / 4;
   RNNFUSED_GRID_STRIDE(n, B * quads) {
     const int64_t b = n / quads, q = n % quads;
@@ -511,8 +536,9 @@ __device__ __forceinline__ acc_t backward_state(const BackwardStep<scalar_t, acc
 // The cell of backward step t over (B, H); without a projection the state pass is fused in.
 template <CellKind kCell, typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
-    backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp, int64_t t,
-                         int64_t B, int64_t H, bool has_proj_) {
+    backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> call_masks,
+                         int64_t t, int64_t B, int64_t H, bool has_proj_) {
+  [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Cell = CudaCell<kCell>;
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   const bool has_proj = kCanProject<kCell> && has_proj_;
@@ -545,8 +571,10 @@ __global__ void __launch_bounds__(kThreads)
 // The state of backward step t with a projection, over (B, P): writes dL/d(W_hr h̃) (LSTM).
 template <typename scalar_t, typename acc_t, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
-    backward_projected_state_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp,
-                                    int64_t t, int64_t B, int64_t R) {
+    backward_projected_state_kernel(BackwardStep<scalar_t, acc_t> s,
+                                    StepMaskParams<acc_t> call_masks, int64_t t, int64_t B,
+                                    int64_t R) {
+  [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   const int64_t quads = (R + 3) / 4;
   RNNFUSED_GRID_STRIDE(n, B * quads) {
     const int64_t b = n / quads, q = n % quads;
@@ -646,8 +674,9 @@ __global__ void __launch_bounds__(kThreads)
 // pass, so what it wrote to global memory in one pass it reads back in the next unsynchronized.
 template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
-    ln_forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> mp, int64_t t,
+    ln_forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> call_masks, int64_t t,
                            int64_t B, int64_t H, bool has_proj) {
+  [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   __shared__ acc_t shared[32];
   const int64_t GH = 4 * H, quads = (H + 3) / 4;
@@ -747,8 +776,9 @@ __global__ void __launch_bounds__(kThreads)
 // dgi[0, H), each overwritten by the thread that wrote it once read.
 template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
-    ln_backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> mp, int64_t t,
-                            int64_t B, int64_t H, bool has_proj) {
+    ln_backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> call_masks,
+                            int64_t t, int64_t B, int64_t H, bool has_proj) {
+  [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   __shared__ acc_t shared[32];
   const int64_t GH = 4 * H, quads = (H + 3) / 4;
@@ -850,6 +880,12 @@ void check_cuda_device(const Tensor& input) {
 Tensor device_lengths(const LayerPlan& plan, const c10::optional<Tensor>& lengths,
                       const at::Device& device) {
   if (!plan.has_lengths) return Tensor();
+  // A graph would keep reading the pinned buffer of the call it captured, which the allocator may
+  // since have handed to someone else: refuse instead of replaying stale lengths.
+  TORCH_CHECK_VALUE(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+                    "rnnfused: lengths cannot be given inside CUDA graph capture (they are checked "
+                    "on the host and copied to the device by each call); capture the padded batch "
+                    "without lengths, or run variable-length batches eagerly");
   return lengths->contiguous().pin_memory().to(device, at::kLong, /*non_blocking=*/true);
 }
 

@@ -106,9 +106,18 @@ void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tens
                         plan.T, "], got values in [", lo, ", ", hi, "]");
     }
   }
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device().is_cpu(),
-                    "rnnfused: seed must be a one-element int64 CPU tensor");
-  plan.seed = static_cast<uint64_t>(seed.item<int64_t>());
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong,
+                    "rnnfused: seed must be a one-element int64 tensor, got ", seed.numel(),
+                    " elements of ", seed.scalar_type());
+  if (seed.device().is_cpu()) {
+    plan.seed = static_cast<uint64_t>(seed.item<int64_t>());
+  } else {
+    // Read by the kernels where it lies: no copy to the host, nothing frozen in a CUDA graph.
+    TORCH_CHECK_VALUE(seed.device() == input.device() && input.is_cuda(),
+                      "rnnfused: seed must be on the CPU or on the CUDA device of input (",
+                      input.device(), "), got ", seed.device());
+    plan.seed_on_device = seed.data_ptr<int64_t>();
+  }
   TORCH_CHECK_VALUE(layer >= 0 && layer < 65536, "rnnfused: layer must lie in [0, 65535], got ",
                     layer);
   plan.layer = layer;

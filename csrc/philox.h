@@ -78,6 +78,15 @@ struct MaskStream {
         k1(static_cast<uint32_t>(seed >> 32)),
         tag((static_cast<uint32_t>(layer) << 16) | ((reverse ? 1u : 0u) << 8) | kind) {}
 
+  // The same stream keyed by another seed: the CUDA kernels' way to use a seed that torch's CUDA
+  // generator drew into device memory (read at run time, so each CUDA graph replay uses its own).
+  RNNFUSED_HD MaskStream with_seed(uint64_t seed) const {
+    MaskStream s = *this;
+    s.k0 = static_cast<uint32_t>(seed);
+    s.k1 = static_cast<uint32_t>(seed >> 32);
+    return s;
+  }
+
   // Four uniform 32-bit words for units 4q..4q+3 of row `row` at step `t`.
   RNNFUSED_HD Philox4x32 quad(int64_t t, int64_t row, int64_t q) const {
     return philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(row),

@@ -35,23 +35,35 @@ def check_rate(name: str, value) -> float:
     return value
 
 
-def _seed_tensor(generator: Optional[torch.Generator]) -> Tensor:
-    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, generator=generator)
+def _seed_tensor(generator: Optional[torch.Generator], device=None) -> Tensor:
+    """A call's seed as a 0-dim int64 tensor, drawn by `generator` if given, else by torch's default
+    generator of `device` (the input's; default the CPU). On CUDA it stays on the device, where the
+    kernels read it: no host sync, and a CUDA graph replay draws a new one (SPEC §3, §7)."""
+    where = generator.device if generator is not None else torch.device(device or "cpu")
+    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, generator=generator, device=where)
 
 
-def draw_seed(generator: Optional[torch.Generator] = None) -> int:
-    """Draws a call's 64-bit seed from torch's default CPU generator (or `generator`), exactly as
-    `lstm_layer(seed=None)` and `rnnfused.LSTM.forward` do in training mode."""
-    return int(_seed_tensor(generator))
+def draw_seed(generator: Optional[torch.Generator] = None, device=None) -> int:
+    """Draws a call's 64-bit seed exactly as `lstm_layer(seed=None)` and `rnnfused.LSTM.forward` do in
+    training mode for an input on `device` (default the CPU): from `generator` if given, else from
+    torch's default generator of that device, so that after `torch.manual_seed(s)` it returns the seed
+    the next such call will draw. (On CUDA the layers keep the seed on the device; this returns its
+    value, which waits for the GPU.)"""
+    return int(_seed_tensor(generator, device))
 
 
-def _as_seed(seed, needs_seed: bool, generator) -> Tensor:
+def _as_seed(seed, needs_seed: bool, generator, device=None) -> Tensor:
+    """The op's seed argument: drawn (seed=None, see _seed_tensor), or the one given, as a 0-dim int64
+    tensor on the CPU or, for a tensor given on the input's `device`, left there."""
     if seed is None:
-        return _seed_tensor(generator) if needs_seed else torch.zeros((), dtype=torch.int64)
+        return _seed_tensor(generator, device) if needs_seed else torch.zeros((), dtype=torch.int64)
     if isinstance(seed, Tensor):
         if seed.numel() != 1 or seed.dtype != torch.int64:
             raise ValueError("rnnfused: seed must be an int or a one-element int64 tensor")
-        return seed.reshape(()).cpu()
+        if seed.device.type != "cpu" and seed.device != torch.device(device or "cpu"):
+            raise ValueError(f"rnnfused: a seed tensor must be on the CPU or on the device of input "
+                             f"({device or 'cpu'}), got {seed.device}")
+        return seed.reshape(())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"rnnfused: seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**63:
@@ -105,7 +117,7 @@ def _call_setup(named, rates, *, seed, training, generator, lengths):
                              f"got {t.device}")
     tensors = tuple(named.values())
     needs_seed = bool(training) and any(r > 0 for r in rates)
-    seed_t = _as_seed(seed, needs_seed, generator)
+    seed_t = _as_seed(seed, needs_seed, generator, input.device)
     lengths_t = _as_lengths(lengths, input.shape[1], input.shape[0])
     cast = _autocast_dtype(input.device.type)
     if cast is not None:
@@ -129,8 +141,11 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
 
     input: (T, B, I) time-major. h0: (B, R), c0: (B, H), R = proj_size if weight_hr (P, H) is
     given else H. Weights in torch.nn.LSTM's layout and gate order. With `seed=None` in training
-    mode (and a rate > 0) a seed is drawn from torch's RNG (or `generator`); masks are a pure
-    function of (seed, layer, reverse, kind, t, b, j), see `lstm_masks`. `reverse=True` runs the
+    mode (and a rate > 0) a seed is drawn from torch's default generator of input's device (or
+    `generator`; on CUDA the seed stays on the device, so the call is safe under CUDA graph
+    capture and each replay draws new masks); `seed` may also be an int or a one-element int64
+    tensor (on the CPU or input's device). Masks are a pure function of (seed, layer, reverse,
+    kind, t, b, j), the same on every device, see `lstm_masks`. `reverse=True` runs the
     sequence backwards (t = T-1 .. 0; masks still indexed by input position t). `lengths` (B,)
     runs sample b over its first lengths[b] positions only: the output is 0 past them and h_n/c_n
     are the state after the sample's own last step. In evaluation (`training=False`) dropout and
@@ -195,7 +210,7 @@ _MASK_NAMES = ("input", "recurrent", "weight", "candidate", "zoneout_c", "zoneou
 
 def _masks(gates, seed, seq_len, batch, input_size, hidden_size, recurrent_size, layer, reverse,
            rates, dtype, device):
-    seed = int(_as_seed(seed, False, None))
+    seed = int(_as_seed(seed, False, None, seed.device if isinstance(seed, Tensor) else None))
     masks = _ops._C.layer_masks(gates, seed, seq_len, batch, input_size, hidden_size,
                                 recurrent_size, int(layer), bool(reverse), rates, dtype)
     return {name: mask.to(device) for name, mask in zip(_MASK_NAMES, masks)}

@@ -297,7 +297,8 @@ class RNNBase(nn.Module):
     def _stack(self, x: Tensor, states: List[Tensor], lengths: Optional[Tensor]):
         """The layers in sequence, each running its directions on the previous layer's output,
         with nn.LSTM's `dropout` between layers. Returns (output (T, B, D*R), final states)."""
-        seed = _seed_tensor(None) if self._needs_seed() else torch.zeros((), dtype=torch.int64)
+        # One seed per call, from the default generator of x's device (on CUDA it stays there).
+        seed = _seed_tensor(None, x.device) if self._needs_seed() else torch.zeros((), dtype=torch.int64)
         finals = []
         layer_input = x
         for layer in range(self.num_layers):
@@ -318,6 +319,10 @@ class RNNBase(nn.Module):
         return layer_input, [torch.stack(per_state, 0) for per_state in zip(*finals)]
 
     def forward(self, input, hx=None, lengths=None):
+        if (lengths is not None or isinstance(input, PackedSequence)) and _capturing():
+            raise ValueError(f"{self._name}: lengths (or a PackedSequence) cannot be used inside CUDA "
+                             f"graph capture: they are read on the host by each call; capture the "
+                             f"padded batch without lengths, or run variable-length batches eagerly")
         x, packed_lengths, unbatched = self._time_major(input)
         self._check_input(x)
         if lengths is None:
@@ -349,6 +354,11 @@ class RNNBase(nn.Module):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, self._as_hx(finals)
+
+
+def _capturing() -> bool:
+    """Whether the current CUDA stream is being captured into a CUDA graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _packed_rows(packed: PackedSequence) -> Tuple[Tensor, Tensor]:

@@ -398,7 +398,7 @@ def test_arguments_on_different_devices_are_refused_by_name(cell, name):
 def module_results(model, x, hx, lengths=None):
     """Outputs and final states of the module, then the gradients of x, hx and every parameter; hx is
     (h0, c0) for an LSTM, h0 for a GRU."""
-    torch.manual_seed(23)  # the seed of the forward call, drawn from the CPU generator
+    torch.manual_seed(23)  # the seed of the forward call
     x = x.detach().clone().requires_grad_()
     states = [h.detach().clone().requires_grad_() for h in hx_tensors(hx)]
     hx = states[0] if model.mode == "GRU" else tuple(states)
@@ -416,7 +416,13 @@ def module_results(model, x, hx, lengths=None):
 @pytest.mark.parametrize("mode,bidirectional,proj_size", [("LSTM", False, 0), ("LSTM", True, 0), ("LSTM", True, 3),
                                                           ("GRU", False, 0), ("GRU", True, 0)])
 @pytest.mark.parametrize("training", [True, False])
-def test_module_on_cuda_equals_module_on_cpu(mode, bidirectional, proj_size, packed, training):
+def test_module_on_cuda_equals_module_on_cpu(mode, bidirectional, proj_size, packed, training, monkeypatch):
+    # Both modules draw the call's seed from the CPU generator here (a CUDA module draws it from the
+    # CUDA generator: test_module_on_cuda_draws_its_seed_from_the_cuda_generator), so that they share
+    # their masks and everything else can be compared.
+    draw = rnnfused.modules._seed_tensor
+    monkeypatch.setattr(rnnfused.modules, "_seed_tensor",
+                        lambda generator, device: draw(generator, "cpu").to(device))
     torch.manual_seed(24)
     config = dict(num_layers=2, bidirectional=bidirectional, dtype=torch.float64)
     if mode == "LSTM":
@@ -435,3 +441,152 @@ def test_module_on_cuda_equals_module_on_cpu(mode, bidirectional, proj_size, pac
     for k, (a, b) in enumerate(zip(got, want)):
         assert a.is_cuda
         torch.testing.assert_close(a.cpu(), b, atol=1e-10, rtol=1e-9, msg=lambda m: f"result {k}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed on the device: CUDA graphs (SPEC §3, §7)
+# ---------------------------------------------------------------------------------------------
+
+SPEC7_RATES = dict(zoneout=0.1, input_dropout=0.25, recurrent_dropout=0.25, weight_drop=0.5)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_seed_tensor_on_the_device_gives_the_masks_of_its_value(cell):
+    # The kernels read a CUDA seed where it lies; its masks are those of the same int on the CPU.
+    torch.manual_seed(30)
+    c = CELLS[cell]
+    inputs = c.make_inputs(6, 4, 5, 7)
+    kw = dict(lengths=torch.tensor([6, 2, 5, 1]), reverse=True, layer=1, **c.all_rates)
+    want = run(inputs, seed=SEED, **kw)
+    got = run(on(inputs, CUDA), seed=torch.tensor(SEED, device=CUDA), **kw)
+    assert_all_close(got, want, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_module_on_cuda_draws_its_seed_from_the_cuda_generator(mode, monkeypatch):
+    torch.manual_seed(31)
+    rates = module_rates(mode, ALL_RATES if mode == "LSTM" else GRU_ALL_RATES)
+    model = getattr(rnnfused, mode)(5, 6, num_layers=2, dtype=torch.float64, **rates).cuda()
+    x = torch.randn(7, 3, 5, dtype=torch.float64, device=CUDA)
+    torch.cuda.manual_seed(5)
+    torch.random.default_generator.manual_seed(1)
+    a = model(x)[0]
+    torch.cuda.manual_seed(5)
+    torch.random.default_generator.manual_seed(2)  # the CPU generator plays no part
+    b = model(x)[0]
+    torch.cuda.manual_seed(6)
+    other = model(x)[0]
+    torch.cuda.manual_seed(5)
+    seed = rnnfused.draw_seed(device="cuda")
+    monkeypatch.setattr(rnnfused.modules, "_seed_tensor",
+                        lambda generator, device: torch.tensor(seed, device=device))
+    c = model(x)[0]
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not torch.equal(a, other)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_a_module_training_step_does_not_synchronize_with_the_host(mode):
+    torch.manual_seed(32)
+    model = getattr(rnnfused, mode)(5, 6, num_layers=2, **SPEC7_RATES).cuda()
+    x = torch.randn(8, 4, 5, device=CUDA)
+    model(x)[0].sum().backward()  # first call: lazy initialisation may synchronize
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(x)[0].sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def capture_training_step(model, x, weight):
+    """A training step (forward, loss, backward into .grad) of `model` on the static input x, warmed up
+    on a side stream and captured in a CUDA graph as torch.cuda.graph's documentation does it. Returns
+    (graph, step function, the graph's output and gradient tensors)."""
+    def step():
+        out = model(x)[0]
+        (out * weight).sum().backward()
+        return out
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    model.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph, step, [out] + [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("mode,proj_size", [("LSTM", 0), ("LSTM", 3), ("GRU", 0)])
+def test_a_training_step_in_a_cuda_graph_draws_new_masks_each_replay(mode, proj_size):
+    # SPEC §7: the seed comes from torch's CUDA generator on the device, so a replay draws new masks,
+    # and a replay after torch.cuda.manual_seed(s) equals an eager step after the same.
+    torch.manual_seed(33)
+    extra = dict(proj_size=proj_size) if proj_size else {}
+    rates = dict(SPEC7_RATES, candidate_dropout=0.1) if mode == "LSTM" else SPEC7_RATES
+    model = getattr(rnnfused, mode)(8, 16, num_layers=2, bidirectional=True, dropout=0.2, **extra,
+                                    **rates).cuda()
+    x = torch.randn(6, 4, 8, device=CUDA)
+    weight = torch.randn(6, 4, 2 * (proj_size or 16), device=CUDA)
+    graph, step, static = capture_training_step(model, x, weight)
+    replays = []
+    for s in (101, 102, 101):
+        torch.cuda.manual_seed(s)
+        graph.replay()
+        replay = [t.clone() for t in static]
+        torch.cuda.manual_seed(s)
+        model.zero_grad(set_to_none=True)
+        eager = [step()] + [p.grad for p in model.parameters()]
+        for k, (a, b) in enumerate(zip(replay, eager)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"seed {s} result {k}: {m}")
+        replays.append(replay)
+    assert not torch.equal(replays[0][0], replays[1][0]), "a replay drew the masks of the capture"
+    for a, b in zip(replays[0], replays[2]):
+        assert torch.equal(a, b), "the same generator state gave different results"
+
+
+def test_lengths_are_refused_inside_cuda_graph_capture():
+    torch.manual_seed(34)
+    model = rnnfused.LSTM(4, 5).cuda()
+    x = torch.randn(6, 3, 4, device=CUDA)
+    c = CELLS["LSTM"]
+    inputs = c.make_inputs(6, 3, 4, 5, device=CUDA, requires_grad=False)
+    model(x)  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises((ValueError, RuntimeError), match="lengths"):
+        with torch.cuda.graph(graph):
+            model(x, lengths=torch.tensor([6, 2, 4]))
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises((ValueError, RuntimeError), match="lengths"):
+        with torch.cuda.graph(graph):
+            c.fused(inputs, seed=SEED, lengths=torch.tensor([6, 2, 4]))
+
+
+def test_a_training_step_under_reduce_overhead_compile_draws_new_masks_each_call():
+    # torch.compile(mode="reduce-overhead") replays CUDA graphs; with inductor's fallback_random the
+    # seed is drawn by torch's own CUDA generator, so each call equals an eager one after the same
+    # torch.cuda.manual_seed.
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(35)
+    model = rnnfused.LSTM(8, 16, **SPEC7_RATES).cuda()
+    x = torch.randn(6, 4, 8, device=CUDA)
+
+    def forward(x):
+        return model(x)[0]
+
+    compiled = torch.compile(forward, mode="reduce-overhead", fullgraph=True)
+    with inductor_config.patch(fallback_random=True):
+        outs = []
+        for s in (201, 202, 201, 202):
+            torch.cuda.manual_seed(s)
+            outs.append(compiled(x).clone())
+    for s, got in zip((201, 202), outs[2:]):
+        torch.cuda.manual_seed(s)
+        torch.testing.assert_close(got, forward(x), atol=1e-5, rtol=1e-4)
+    assert not torch.equal(outs[2], outs[3])

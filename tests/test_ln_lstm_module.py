@@ -75,7 +75,7 @@ def assert_replays_the_ln_reference(model, x, hx, rates, lengths=None, unbatched
     torch.manual_seed(s), equal the reference's replay with the seed the model draws. With lengths the model
     gets x packed; unbatched: x (T, I) and hx (L*D, R)."""
     torch.manual_seed(s)
-    seed = F.draw_seed()
+    seed = F.draw_seed(device=x.device)  # the generator of x's device, as the model's call
     torch.manual_seed(s)
     if lengths is None:
         got_out, got_grads = outputs_and_gradients(model, x, hx)

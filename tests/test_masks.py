@@ -188,6 +188,32 @@ def test_draw_seed_uses_the_generator_passed_in():
     assert torch.equal(torch.get_rng_state(), state), "the default generator was used"
 
 
+def test_draw_seed_on_a_device_uses_that_devices_generator():
+    # draw_seed(device=d) is what a layer on d draws: on the CPU the CPU generator's next seed.
+    torch.manual_seed(13)
+    a = draw_seed(device="cpu")
+    torch.manual_seed(13)
+    assert draw_seed() == a
+    if torch.cuda.is_available():
+        torch.manual_seed(13)
+        b = draw_seed(device="cuda")
+        torch.manual_seed(13)
+        assert draw_seed(device="cuda") == b and 0 <= b < 2 ** 63
+
+
+def test_a_seed_tensor_given_on_another_device_is_refused_by_name():
+    from rnnfused import lstm_layer
+    torch.manual_seed(14)
+    x, h0, c0 = torch.randn(3, 2, 4), torch.randn(2, 5), torch.randn(2, 5)
+    w_ih, w_hh = torch.randn(20, 4), torch.randn(20, 5)
+    with pytest.raises(ValueError, match="seed"):
+        lstm_layer(x, h0, c0, w_ih, w_hh, seed=torch.tensor(3, device="meta"), zoneout_h=0.1)
+    # a one-element int64 CPU tensor is the int it holds
+    a = lstm_layer(x, h0, c0, w_ih, w_hh, seed=torch.tensor([3]), zoneout_h=0.1)
+    b = lstm_layer(x, h0, c0, w_ih, w_hh, seed=3, zoneout_h=0.1)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
 # --- the generator itself, against an independent implementation ---------------------------------------
 
 def philox4x32_10(counter, key):
