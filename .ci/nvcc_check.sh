@@ -2,13 +2,16 @@
 # Compiles every csrc/*.cu with nvcc on a machine without a GPU and with a CPU build of torch: CI
 # cannot run the CUDA kernels, but it must not let them stop compiling. Against two CUDA builds of
 # torch:
-#   torch 2.14.1, for sm_80 and sm_90: a recent torch, the architectures we ship;
-#   torch 2.11.0 (+cu130, the GPU machine's torch, issue 11), for sm_90 (its H100/H200) only; there
-#     the CPU sources (csrc/*.cpp) are also checked (g++ -fsyntax-only), as setup.py compiles them
-#     on that machine, so that the first device minute is not lost to a build error.
-# RNNFUSED_TORCH_CUDA_CHECKS replaces that list: "SPEC:ARCHS[:cpp] ...", e.g.
-# "torch==2.14.1:80,90 torch==2.11.0:90:cpp" (the default); RNNFUSED_TORCH_CUDA_SPEC=torch==X, the
-# older single-version setting, means "torch==X:80,90".
+#   torch 2.14.1, for sm_80 and sm_90: a recent torch, the architectures we ship; the .cu files as
+#     one unit (a generated file that includes them all: each file pays ~60 s of torch's headers,
+#     and the driver is split per cell only so that a many-core build compiles the cells at once);
+#   torch 2.11.0 (+cu130, the GPU machine's torch, issue 11), for sm_90 (its H100/H200) only, each
+#     .cu file as setup.py compiles it; there the CPU sources (csrc/*.cpp) are also checked (g++
+#     -fsyntax-only), as setup.py compiles them on that machine, so that the first device minute is
+#     not lost to a build error.
+# RNNFUSED_TORCH_CUDA_CHECKS replaces that list: "SPEC:ARCHS[:OPTIONS] ...", OPTIONS a comma list of
+# cpp and unity, e.g. "torch==2.14.1:80,90:unity torch==2.11.0:90:cpp" (the default);
+# RNNFUSED_TORCH_CUDA_SPEC=torch==X, the older single-version setting, means "torch==X:80,90".
 #
 # The headers come from torch's CUDA wheels on PyPI and NVIDIA's header packages, fetched once with
 # `pip download --no-deps` into a cache shared by every checkout on the machine ($RNNFUSED_CACHE,
@@ -36,7 +39,7 @@ jobs=${RNNFUSED_NVCC_JOBS:-2}
 if [ -n "${RNNFUSED_TORCH_CUDA_SPEC:-}" ]; then
   read -r -a checks <<<"$RNNFUSED_TORCH_CUDA_SPEC:80,90"
 else
-  read -r -a checks <<<"${RNNFUSED_TORCH_CUDA_CHECKS:-torch==2.14.1:80,90 torch==2.11.0:90:cpp}"
+  read -r -a checks <<<"${RNNFUSED_TORCH_CUDA_CHECKS:-torch==2.14.1:80,90:unity torch==2.11.0:90:cpp}"
 fi
 # The NVIDIA header packages torch's CUDA headers include (cuBLAS, cuSPARSE, cuSOLVER, cuRAND), at
 # the versions torch 2.14.1's cuda-toolkit==13.0.3 dependency pins.
@@ -196,13 +199,21 @@ compile_one() {  # kind (cu|cpp) spec archs src out
 
 names=()  # "label|out" per compile, in the order they are reported
 for check in "${checks[@]}"; do
-  IFS=: read -r spec archs cpp <<<"$check"
+  IFS=: read -r spec archs options <<<"$check"
+  options=",${options:-},"
   tag=${spec//==/-}
   mkdir -p "$obj/$tag"
   files=("${sources[@]}")
-  [ "${cpp:-}" = cpp ] && files+=("${cpp_sources[@]}")
+  unit=""
+  if [[ "$options" == *,unity,* ]]; then
+    unit="$obj/$tag/all_cuda_sources.cu"
+    printf '#include "%s"\n' "${sources[@]/#/$repo/}" >"$unit"
+    files=("$unit")
+  fi
+  [[ "$options" == *,cpp,* ]] && files+=("${cpp_sources[@]}")
   for src in "${files[@]}"; do
     kind=cu; label="$src against $spec (sm_${archs//,/, sm_})"
+    [ "$src" = "$unit" ] && label="${sources[*]} (one unit) against $spec (sm_${archs//,/, sm_})"
     case $src in *.cpp) kind=cpp; label="$src against $spec (g++ -fsyntax-only)" ;; esac
     out="$obj/$tag/$(basename "$src")"
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
