@@ -39,6 +39,18 @@ def cells_of(arg: str) -> list[str]:
     return CELL_GROUPS.get(arg, [arg])
 
 
+def set_tf32(device: torch.device, setting: str) -> str | None:
+    """TF32 for float32 GEMMs, the same for both sides (SPEC §7): cuDNN's RNNs (torch.backends.cudnn,
+    on by default) and torch's matmuls, which rnnfused's CUDA layers use (off by default). Returns the
+    setting recorded in the results ("off"/"on"), None on the CPU, which has no TF32."""
+    if device.type != "cuda":
+        return None
+    on = setting == "on"
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    return "on" if on else "off"
+
+
 def results_path(args, device: torch.device, default_cell: str, tail: str = "") -> str:
     """<out>/<device>-<name>-<date>[-<dtype>][-quick][-<cell>]<tail>.json; the cell only when it is not
     the script's default, so the default runs keep the names they had before there were cells."""
@@ -146,13 +158,20 @@ def measure_config(cfg: dict, names: list[str], *, dtype: str, device: torch.dev
 
     fns = {(name, mode): fn for name, m in modules.items() for mode, fn in _calls(m, x, grad).items()
            if mode in modes}
+    host = {}
     samples = _timing.round_robin(fns, device, warmup=warmup, repeats=repeats, budget_s=budget_s,
-                                  log=log)
+                                  log=log, host_samples=host)
     rows = []
     for name, m in modules.items():
         row = {"config": dict(cfg), "dtype": dtype, "cell": cell, "variant": name}
+        calls = _calls(m, x, grad)
         for mode in modes:
             row[f"{mode}_ms"] = _timing.quartiles(samples[(name, mode)])
+            if (name, mode) in host:  # CUDA: the time to enqueue the call, beside its GPU time
+                row[f"{mode}_host_ms"] = _timing.quartiles(host[(name, mode)])
+            work = _timing.gpu_work_per_call(calls[mode], device)
+            if work is not None:
+                row[f"{mode}_gpu_work"] = work
         if "fwdbwd" in modes:
             row["peak_mem_mb"] = _timing.peak_mem_mb(_calls(m, x, grad)["fwdbwd"], device)
         if name in compile_s:

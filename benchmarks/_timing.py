@@ -28,28 +28,34 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once_ms(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call in milliseconds: CUDA events on the GPU, perf_counter on the CPU."""
+def time_once_ms(fn: Callable[[], object], device: torch.device) -> tuple[float, float | None]:
+    """One call: (wall ms, host ms). Wall time: CUDA events on the GPU, perf_counter on the CPU. Host ms
+    (CUDA only, else None): how long the call took to return, i.e. to enqueue its work; when it is close
+    to the wall time the call is bound by the host (launches, dispatch), not by the GPU."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
         start.record()
+        t0 = time.perf_counter()
         fn()
+        host = (time.perf_counter() - t0) * 1e3
         end.record()
         end.synchronize()
-        return start.elapsed_time(end)
+        return start.elapsed_time(end), host
     t0 = time.perf_counter()
     fn()
-    return (time.perf_counter() - t0) * 1e3
+    return (time.perf_counter() - t0) * 1e3, None
 
 
 def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int,
                 repeats: int, budget_s: float | None = None, min_repeats: int = 3,
-                log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+                log: Callable[[str], None] | None = None,
+                host_samples: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Times every callable `repeats` times, one call of each per round, the order rotated each round.
 
     Stops early (after at least `min_repeats` rounds) once `budget_s` seconds have passed, so a slow
-    variant cannot stall a run; the number of samples is reported with every summary.
+    variant cannot stall a run; the number of samples is reported with every summary. On CUDA the host
+    (enqueue) times go to `host_samples` when given.
     """
     names = list(fns)
     for _ in range(warmup):
@@ -61,7 +67,10 @@ def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, *, w
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            samples[name].append(time_once_ms(fns[name], device))
+            wall, host = time_once_ms(fns[name], device)
+            samples[name].append(wall)
+            if host is not None and host_samples is not None:
+                host_samples.setdefault(name, []).append(host)
         elapsed = time.perf_counter() - t0
         if log:
             log(f"  round {r + 1}/{repeats} ({elapsed:.0f} s)")
@@ -92,6 +101,30 @@ def peak_mem_mb(fn: Callable[[], object], device: torch.device) -> float | None:
     fn()
     torch.cuda.synchronize(device)
     return round((torch.cuda.max_memory_allocated(device) - before) / 2**20, 2)
+
+
+def gpu_work_per_call(fn: Callable[[], object], device: torch.device) -> dict | None:
+    """What one call puts on the GPU, read by torch.profiler: {"kernels": n, "copies": m} (memcpy and
+    memset operations counted apart). CUDA only (None elsewhere): a loop that launches hundreds of
+    small kernels per call is bound by the host, whatever each kernel costs."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    kernels = copies = 0
+    for event in prof.events():
+        if event.device_type != DeviceType.CUDA:
+            continue
+        if event.name.startswith(("Memcpy", "Memset")):
+            copies += 1
+        else:
+            kernels += 1
+    return {"kernels": kernels, "copies": copies}
 
 
 class TimeLimitExceeded(Exception):

@@ -8,19 +8,24 @@
 #   build      python3 setup.py build_ext --inplace, for the visible GPU's architecture only
 #              (TORCH_CUDA_ARCH_LIST, e.g. 9.0, unless set)
 #   tests      the CUDA tests only: `pytest tests -k cuda` (tests/test_cuda*.py, and every test of
-#              the other files whose name or parameters say cuda, e.g. the `device` fixture's)
+#              the other files whose name or parameters say cuda, e.g. the `device` fixture's), on
+#              8 processes when pytest-xdist is there
 #   memcheck   compute-sanitizer memcheck, caching allocator off, over benchmarks/sanitize_paths.py
-#              (every path of the ops at tiny sizes)
+#              (every path of the ops at tiny sizes), one sanitizer process per cell, side by side
 #   racecheck  compute-sanitizer racecheck over one small call (sanitize_paths.py --one)
-#   bench      benchmarks/run.py --device cuda --out OUTDIR, without the torch.compile loop
+#   bench      benchmarks/run.py --device cuda --no-compile, in passes (SPEC §7 asks for all three
+#              precisions; issue 11's two shapes first): float32 with TF32 off for both sides (every
+#              cell), float32 with TF32 on for both, bfloat16, then the two larger shapes
 #
 #   benchmarks/gpu_check.sh OUTDIR
 #
 # Writes as it goes into OUTDIR (so a run cut short still leaves what it did): summary.txt (machine,
 # versions, one line per stage with its status and seconds, appended when the stage ends),
-# gpu_check.log (every stage's output, each section headed "##### gpu_check stage NAME"), and what
-# run.py writes (JSON, Markdown tables, plots). Two files of its own, directly in OUTDIR, so that
-# OUTDIR can be the device tool's $OUT (which returns at most 8 files) and run.py keeps 6.
+# gpu_check.log (every stage's output, each section headed "##### gpu_check stage NAME"), and
+# bench.tar.gz: every pass's run.py output (JSON, Markdown tables, plots) under bench/<pass>/,
+# packed again after each pass (run.py rewrites its JSON after every configuration, so a pass cut
+# short still leaves what it measured). Three files, so that OUTDIR can be the device tool's $OUT,
+# which returns at most 8.
 #
 # Stays under 9 minutes: every stage runs under `timeout`, at most its share and never more than
 # what the budget ($RNNFUSED_GPU_CHECK_BUDGET seconds, default 510, which leaves a margin for the
@@ -31,9 +36,9 @@
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST,
 # RNNFUSED_GPU_CHECK_STAGES (default "build tests memcheck racecheck bench": run a subset, e.g.
 # "tests bench" on a machine where the build is already there), RNNFUSED_GPU_TESTS_ARGS (extra
-# pytest arguments), RNNFUSED_BENCH_ARGS (replaces the benchmark arguments after --out, default
-# "--no-compile --budget S" with S from the time left), RNNFUSED_SANITIZER (compute-sanitizer's
-# path).
+# pytest arguments), RNNFUSED_GPU_TEST_WORKERS (pytest-xdist processes, default 8; 0: none),
+# RNNFUSED_BENCH_PASSES (which passes, default "fp32 tf32 bf16 large"), RNNFUSED_SANITIZER
+# (compute-sanitizer's path).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 out=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
@@ -215,11 +220,15 @@ fi
 if wants tests && [ $built -eq 1 ]; then
   t0=$(date +%s)
   limit=$(stage_limit 150 150)
-  section tests "pytest tests -k cuda ${RNNFUSED_GPU_TESTS_ARGS:-} (limit $limit s)"
+  # The tests are small and many: several processes share the GPU (each its own CUDA context).
+  workers=${RNNFUSED_GPU_TEST_WORKERS:-8}
+  parallel=()
+  if [ "$workers" -gt 0 ] && "$python" -c "import xdist" 2>/dev/null; then parallel=(-n "$workers"); fi
+  section tests "pytest tests -k cuda ${parallel[*]} ${RNNFUSED_GPU_TESTS_ARGS:-} (limit $limit s)"
   # -v: one line per test, so that a run cut short shows which test it was in
   # shellcheck disable=SC2086  # RNNFUSED_GPU_TESTS_ARGS is a list of arguments
   timeout -k 10 "$limit" "$python" -m pytest -v -rfEs -p no:cacheprovider --durations=15 \
-    --continue-on-collection-errors tests -k cuda ${RNNFUSED_GPU_TESTS_ARGS:-} >>"$log" 2>&1
+    --continue-on-collection-errors ${parallel[@]+"${parallel[@]}"} tests -k cuda ${RNNFUSED_GPU_TESTS_ARGS:-} >>"$log" 2>&1
   rc=$?
   result=$(part | grep -E "(passed|failed|error|skipped|no tests ran)" | grep -E " in [0-9.]+s" | tail -1 \
            | sed -E 's/^=+ //; s/ =+$//')
@@ -250,19 +259,40 @@ fi
 # code. API errors are not reported: torch's own probing calls would count as errors; ours raise
 # through C10_CUDA_CHECK and fail the script instead. A machine where compute-sanitizer cannot run
 # (it refuses the device under gVisor) gives UNAVAILABLE, and racecheck is then not tried.
-sanitize() {  # tool share reserve args...
-  local tool=$1 share=$2 reserve=$3 t0 limit rc found paths v this
-  shift 3
+sanitize() {  # tool share reserve shards args...
+  # shards: "|"-separated argument sets appended to args, one sanitizer process each, side by side
+  # (they share the GPU; each writes its own log, appended to gpu_check.log when all have ended);
+  # "" for one process.
+  local tool=$1 share=$2 reserve=$3 shards=$4 t0 limit rc found paths v this k
+  shift 4
   t0=$(date +%s)
   limit=$(stage_limit "$share" "$reserve")
-  section "$tool" "$sanitizer --tool $tool ${san_opts[*]} $* (limit $limit s)"
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$limit" "$sanitizer" --tool "$tool" "${san_opts[@]}" \
-    "$@" >>"$log" 2>&1
-  rc=$?
+  section "$tool" "$sanitizer --tool $tool ${san_opts[*]} $* [${shards:-one process}] (limit $limit s)"
+  local -a pids=() shard_args=()
+  IFS='|' read -r -a shard_args <<<"$shards"
+  [ ${#shard_args[@]} -gt 0 ] || shard_args=("")
+  for k in "${!shard_args[@]}"; do
+    # shellcheck disable=SC2086  # a shard is a list of arguments
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$limit" "$sanitizer" --tool "$tool" "${san_opts[@]}" \
+      "$@" ${shard_args[$k]} >"$log.$tool.$k" 2>&1 &
+    pids+=($!)
+  done
+  rc=0
+  for k in "${!pids[@]}"; do
+    wait "${pids[$k]}"
+    v=$?
+    # the worst outcome wins: a timeout over a failure over a pass
+    if [ $v -eq 124 ] || [ $v -eq 137 ] || { [ $rc -ne 124 ] && [ $rc -ne 137 ] && [ $v -ne 0 ]; }; then rc=$v; fi
+  done
+  for k in "${!shard_args[@]}"; do
+    echo "### shard ${shard_args[$k]:-(all)}" >>"$log"
+    cat "$log.$tool.$k" >>"$log"
+    rm -f "$log.$tool.$k"
+  done
   this=$(part)
-  # "ERROR SUMMARY: 0 errors" (memcheck), "RACECHECK SUMMARY: 0 hazards displayed (...)"
-  found=$(grep -E "(ERROR|RACECHECK) SUMMARY: " <<<"$this" | tail -1 | sed -E 's/^=+ *//')
-  paths=$(grep "^sanitize_paths: " <<<"$this" | tail -1)
+  # "ERROR SUMMARY: 0 errors" (memcheck), "RACECHECK SUMMARY: 0 hazards displayed (...)", per shard
+  found=$(grep -E "(ERROR|RACECHECK) SUMMARY: " <<<"$this" | sed -E 's/^=+ *//' | paste -sd ';' -)
+  paths=$(grep "^sanitize_paths: " <<<"$this" | paste -sd ';' -)
   v=$(verdict $rc)
   if [ "$v" = PASS ]; then
     note "$tool: PASS ($(since "$t0") s): ${found:-no sanitizer summary}; $paths"
@@ -295,53 +325,80 @@ if [ -n "$sanitizer" ]; then
 fi
 if [ $built -eq 1 ]; then
   if wants memcheck; then
-    sanitize memcheck 160 110 "$python" benchmarks/sanitize_paths.py
+    sanitize memcheck 160 110 "--cell lstm|--cell gru|--cell lnlstm" "$python" benchmarks/sanitize_paths.py
   fi
   if wants racecheck && [ $sanitizer_broken -eq 1 ]; then
     note "racecheck: not run (compute-sanitizer cannot run on this machine)"
   elif wants racecheck; then
     # racecheck's default report (analysis) only counts hazards on shared memory
-    sanitize racecheck 90 80 "$python" benchmarks/sanitize_paths.py --one
+    sanitize racecheck 90 80 "" "$python" benchmarks/sanitize_paths.py --one
   fi
 elif wants memcheck || wants racecheck; then
   note "memcheck/racecheck: not run (no build)"
 fi
 
 # --- benchmarks ----------------------------------------------------------------------------------
-if wants bench && [ $built -eq 1 ] && [ -f benchmarks/run.py ]; then
-  t0=$(date +%s)
-  # The torch.compile loop does not compile in time: leave it out by whatever switch run.py has.
-  help=$("$python" benchmarks/run.py --help 2>&1)
-  if grep -q -- "--no-compile" <<<"$help"; then
-    no_compile="--no-compile"
-  else
-    no_compile="--compile-budget 0"
-  fi
-  limit=$(stage_limit 600 5)
-  # run.py writes its results only at the end, so it must finish inside the limit: share the time
-  # among its four configurations (timing rounds stop after --budget once 3 are done).
-  per_config=$(( (limit - 40) / 4 ))
-  [ "$per_config" -lt 10 ] && per_config=10
-  bench_args=${RNNFUSED_BENCH_ARGS:-$no_compile --budget $(( per_config * 6 / 10 ))}
-  note "bench: $python benchmarks/run.py --device cuda --out OUTDIR $bench_args (limit $limit s)"
-  section bench "$python benchmarks/run.py --device cuda --out $out $bench_args (limit $limit s)"
-  # shellcheck disable=SC2086  # bench_args is a list of arguments
-  timeout -k 10 "$limit" "$python" benchmarks/run.py --device cuda --out "$out" $bench_args >>"$log" 2>&1
-  rc=$?
-  v=$(verdict $rc)
-  if [ "$v" = PASS ]; then
-    note "bench: PASS ($(since "$t0") s): $(part | grep -E "^wrote " | sed 's/^wrote //' | xargs -r -n1 basename | head -1)"
-  else
-    status=1
-    if [ "$v" = TIMEOUT ]; then
-      note "bench: TIMEOUT after $limit s (run.py writes its results only at the end)"
-    else
-      note "bench: FAIL (rc $rc, $(since "$t0") s)"
+# Passes of run.py, without the torch.compile loop (it does not compile in time), each into its own
+# folder under a staging directory, packed into OUTDIR/bench.tar.gz after every pass whatever its
+# verdict. A pass gets its weight's share of the time the stage had when it began (never more than
+# what is left less a reserve for the passes after it); run.py's per-configuration timing budget is
+# cut to fit. name|weight|arguments:
+bench_passes=(
+  "fp32|30|--cell all --tf32 off --configs 100,64,512,512 100,8,512,512"
+  "tf32|18|--cell lstm --tf32 on --configs 100,64,512,512 100,8,512,512"
+  "bf16|18|--cell lstm --dtype bfloat16 --configs 100,64,512,512 100,8,512,512"
+  "large|34|--cell lstm --tf32 off --configs 50,64,1024,1024 1024,16,768,768"
+)
+wanted_passes=" ${RNNFUSED_BENCH_PASSES:-fp32 tf32 bf16 large} "
+if wants bench && [ $built -eq 1 ]; then
+  stage_t0=$(date +%s)
+  stage_left=$(( $(left) - 5 ))
+  staging=$(mktemp -d)
+  mkdir -p "$staging/bench"
+  weight_left=0
+  for spec in "${bench_passes[@]}"; do
+    IFS='|' read -r name weight _ <<<"$spec"
+    [[ "$wanted_passes" == *" $name "* ]] && weight_left=$(( weight_left + weight ))
+  done
+  for spec in "${bench_passes[@]}"; do
+    IFS='|' read -r name weight pass_args <<<"$spec"
+    [[ "$wanted_passes" == *" $name "* ]] || continue
+    t0=$(date +%s)
+    share=$(( stage_left * weight / 100 ))
+    weight_left=$(( weight_left - weight ))
+    limit=$(stage_limit "$share" $(( stage_left * weight_left / 100 )))
+    if [ "$(left)" -lt 30 ]; then
+      note "bench $name: not run (no time left)"
+      continue
     fi
-    part | tail -5 | sed 's/^/bench: /' | tee -a "$summary"
-  fi
-elif wants bench && [ $built -eq 1 ]; then
-  note "bench: not run (benchmarks/run.py does not exist)"
+    # configurations x cells in this pass, and seconds of timing each: what is left after ~25 s of
+    # start-up and ~40% for warm-up, the checked first calls, profiling and memory
+    n=$(( $(grep -o -- "--configs.*" <<<"$pass_args" | wc -w) - 1 ))
+    [[ "$pass_args" == *"--cell all"* ]] && n=$(( n * 3 ))
+    per=$(( (limit - 25) * 6 / 10 / (n > 0 ? n : 1) ))
+    [ "$per" -lt 3 ] && per=3
+    mkdir -p "$staging/bench/$name"
+    section "bench $name" "$python benchmarks/run.py --device cuda --no-compile --budget $per $pass_args (limit $limit s)"
+    # shellcheck disable=SC2086  # pass_args is a list of arguments
+    timeout -k 10 "$limit" "$python" benchmarks/run.py --device cuda --no-compile --budget "$per" \
+      --out "$staging/bench/$name" $pass_args >>"$log" 2>&1
+    rc=$?
+    v=$(verdict $rc)
+    tar -czf "$out/bench.tar.gz.tmp" -C "$staging" bench && mv "$out/bench.tar.gz.tmp" "$out/bench.tar.gz"
+    if [ "$v" = PASS ]; then
+      note "bench $name: PASS ($(since "$t0") s): $(ls "$staging/bench/$name" | grep -E '[.]json$' | head -1)"
+    else
+      status=1
+      if [ "$v" = TIMEOUT ]; then
+        note "bench $name: TIMEOUT after $limit s (the JSON holds the configurations it finished)"
+      else
+        note "bench $name: FAIL (rc $rc, $(since "$t0") s)"
+      fi
+      part | tail -5 | sed "s/^/bench $name: /" | tee -a "$summary"
+    fi
+  done
+  rm -rf "$staging"
+  note "bench: $(since "$stage_t0") s; results in bench.tar.gz"
 elif wants bench; then
   note "bench: not run (no build)"
 fi

@@ -56,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="few repeats, no torch.compile; finishes in ~3 minutes on a 2-core CPU")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--tf32", choices=["off", "on"], default="off",
+                   help="CUDA float32: TF32 off for both cuDNN and torch's matmuls (the default), or on for "
+                   "both (cuDNN's own default is on, torch's matmuls' off: SPEC §7 compares like with like); "
+                   "the results file of an 'on' run ends in -tf32")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
     p.add_argument("--configs", nargs="+", type=parse_config, metavar="T,B,I,H",
                    help="override the SPEC §7 configurations")
@@ -98,6 +102,7 @@ def main(argv=None) -> str:
         sys.exit("--device cuda: no CUDA device visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
+    tf32 = _harness.set_tf32(device, args.tf32)
 
     s = dict(SETTINGS["quick" if args.quick else "full"])
     for key, value in (("repeats", args.repeats), ("warmup", args.warmup), ("budget_s", args.budget),
@@ -127,7 +132,7 @@ def main(argv=None) -> str:
     run = _timing.provenance(device, "kernels")
     run["rnnfused"] = subject
     run.update({
-        "dtype": args.dtype, "quick": args.quick, "settings": s, "notes": notes, "cells": cells,
+        "dtype": args.dtype, "tf32": tf32, "quick": args.quick, "settings": s, "notes": notes, "cells": cells,
         "variants": {c: {name: desc for name, (_, _, desc) in
                          variants.variants(variants.CELLS[c], packed=args.packed).items()
                          if name in names[c]} for c in cells},
@@ -137,7 +142,8 @@ def main(argv=None) -> str:
     })
     if args.packed:
         run["packed_lengths"] = variants.PACKED_LENGTHS
-    path = _harness.results_path(args, device, default_cell="both", tail="-packed" if args.packed else "")
+    path = _harness.results_path(args, device, default_cell="both",
+                                 tail=("-tf32" if tf32 == "on" else "") + ("-packed" if args.packed else ""))
     t_start = time.perf_counter()
     compile_failed_at_T = {}  # per cell: the shortest T whose loop did not compile within the budget
     for T, B, I, H in configs:

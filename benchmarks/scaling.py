@@ -49,6 +49,8 @@ def main(argv=None) -> str:
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (~2 min on CPU)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--tf32", choices=["off", "on"], default="off",
+                   help="CUDA float32: TF32 off (default) or on, for cuDNN and torch's matmuls alike")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
     _harness.add_cell_argument(p, default="lstm")
@@ -58,13 +60,14 @@ def main(argv=None) -> str:
         sys.exit("--device cuda: no CUDA device visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
+    tf32 = _harness.set_tf32(device, args.tf32)
     plan = PLANS[(device.type, "quick" if args.quick else "full")]
     cells = _harness.cells_of(args.cell)
 
     subject = variants.require_subject(VARIANTS)
     data = _timing.provenance(device, "scaling")
     data["rnnfused"] = subject
-    data.update({"dtype": args.dtype, "quick": args.quick, "cells": cells, "base": plan["base"],
+    data.update({"dtype": args.dtype, "tf32": tf32, "quick": args.quick, "cells": cells, "base": plan["base"],
                  "sweeps": plan["sweeps"], "settings": {k: plan[k] for k in ("warmup", "repeats", "budget_s")},
                  "metric": "fwd+bwd ms per time step (median fwd+bwd time / T), training mode",
                  "results": [], "skipped": []})
@@ -87,7 +90,8 @@ def main(argv=None) -> str:
                 data["skipped"] += [dict(config=cfg, sweep=sweep, cell=cell, **k) for k in skipped]
     data["wall_s"] = round(time.perf_counter() - t_start, 1)
 
-    return _harness.finish(data, _harness.results_path(args, device, default_cell="lstm", tail="-scaling"))
+    return _harness.finish(data, _harness.results_path(args, device, default_cell="lstm",
+                                                    tail=("-tf32" if tf32 == "on" else "") + "-scaling"))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,11 @@ def _seed_tensor(generator: Optional[torch.Generator], device=None) -> Tensor:
     """A call's seed as a 0-dim int64 tensor, drawn by `generator` if given, else by torch's default
     generator of `device` (the input's; default the CPU). On CUDA it stays on the device, where the
     kernels read it: no host sync, and a CUDA graph replay draws a new one (SPEC §3, §7)."""
-    where = generator.device if generator is not None else torch.device(device or "cpu")
-    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, generator=generator, device=where)
+    if generator is not None:
+        device = generator.device
+    elif device is None:
+        device = "cpu"
+    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, generator=generator, device=device)
 
 
 def draw_seed(generator: Optional[torch.Generator] = None, device=None) -> int:

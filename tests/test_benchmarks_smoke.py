@@ -248,3 +248,33 @@ def test_only_the_rnnfused_variants_need_rnnfused(bench):
     run, _, _ = bench
     assert run.variants.require_subject(["nn.LSTM", "cell-loop-reg"]) is None
     assert run.variants.require_subject(["nn.LSTM", "rnnfused-reg"]).startswith(run.variants.import_rnnfused().__version__)
+
+
+def test_cuda_tables_say_the_tf32_setting_and_show_host_time_and_kernels(tmp_path, bench):
+    # The GPU-only fields (host enqueue time, kernels per call, TF32), rendered from a results file
+    # shaped as run.py writes it on CUDA; the values are placeholders for the table's layout only.
+    _, report, _ = bench
+    stat = {"median": 2.0, "p25": 1.5, "p75": 2.5, "n": 3}
+    rows = [{"config": {"T": 4, "B": 2, "I": 8, "H": 8}, "dtype": "float32", "cell": "lstm", "variant": name,
+             "fwd_ms": stat, "fwdbwd_ms": stat, "fwd_host_ms": stat, "fwdbwd_host_ms": dict(stat, median=1.25),
+             "fwd_gpu_work": {"kernels": 7, "copies": 0}, "fwdbwd_gpu_work": {"kernels": 1234, "copies": 2},
+             "peak_mem_mb": 3.0, "vs_nn_lstm": {"fwd": 1.0, "fwdbwd": 1.0}} for name in ("nn.LSTM", "rnnfused-reg")]
+    header = dict(kind="kernels", device="GPU X", device_type="cuda", torch="2.11.0", cuda="13.0", cudnn=91000,
+                  commit="abc", date="2026-12-03T00:00:00+00:00", command="python3 benchmarks/run.py", threads=1,
+                  python="3.12", dtype="float32", quick=False, results=rows, skipped=[], wall_s=1.0)
+    files = []
+    for tf32 in ("off", "on"):
+        path = tmp_path / f"cuda-gpu-x-2026-12-03-lstm{'-tf32' if tf32 == 'on' else ''}.json"
+        path.write_text(json.dumps(dict(header, tf32=tf32)))
+        files.append(str(path))
+        table = report.run_table(json.loads(path.read_text()), "lstm")
+        assert f"float32 with TF32 {tf32} for both" in table
+        assert "| fwd+bwd host enqueue ms | kernels per fwd+bwd |" in table
+        assert "| 1.25 | 1234 |" in table
+    # The README keeps one table per TF32 setting, each headed by it.
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- perf:begin -->\n<!-- perf:end -->\n")
+    report.main(["--readme", str(readme)] + files)
+    text = readme.read_text()
+    assert "#### CUDA LSTM, float32, TF32 off:" in text and "#### CUDA LSTM, float32, TF32 on:" in text
+    assert sorted(report.newest(files)) == sorted((p, "lstm") for p in files)
