@@ -1242,3 +1242,17 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
 }  // namespace
 
 }  // namespace rnnfused
+
+// Defines the entry points of layer_cuda.h for one cell (CellKind::kCell): the whole of that
+// cell's translation unit, layer_cuda_<cell>.cu.
+#define RNNFUSED_CUDA_CELL_ENTRY_POINTS(kCell)                                         \
+  namespace rnnfused::cuda {                                                           \
+  template <>                                                                          \
+  LayerOutputs forward<CellKind::kCell>(const ForwardArgs& args) {                     \
+    return layer_forward_cuda<CellKind::kCell>(args);                                  \
+  }                                                                                    \
+  template <>                                                                          \
+  LayerGrads backward<CellKind::kCell>(const BackwardArgs& args) {                     \
+    return layer_backward_cuda<CellKind::kCell>(args);                                 \
+  }                                                                                    \
+  }  // namespace rnnfused::cuda

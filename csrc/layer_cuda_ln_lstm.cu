@@ -1,17 +1,5 @@
-// The CUDA driver instantiated for the layer-normalized LSTM (its own translation unit: see
-// layer_cuda_driver.cuh).
+// The CUDA layer driver (layer_cuda_driver.cuh) instantiated for the layer-normalized LSTM alone,
+// in a translation unit of its own so that a build compiles the cells in parallel.
 #include "layer_cuda_driver.cuh"
 
-namespace rnnfused::cuda {
-
-template <>
-LayerOutputs forward<CellKind::kLnLstm>(const ForwardArgs& args) {
-  return layer_forward_cuda<CellKind::kLnLstm>(args);
-}
-
-template <>
-LayerGrads backward<CellKind::kLnLstm>(const BackwardArgs& args) {
-  return layer_backward_cuda<CellKind::kLnLstm>(args);
-}
-
-}  // namespace rnnfused::cuda
+RNNFUSED_CUDA_CELL_ENTRY_POINTS(kLnLstm)

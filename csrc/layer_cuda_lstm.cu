@@ -1,16 +1,5 @@
-// The CUDA driver instantiated for the LSTM (its own translation unit: see layer_cuda_driver.cuh).
+// The CUDA layer driver (layer_cuda_driver.cuh) instantiated for the LSTM alone, in a
+// translation unit of its own so that a build compiles the cells in parallel.
 #include "layer_cuda_driver.cuh"
 
-namespace rnnfused::cuda {
-
-template <>
-LayerOutputs forward<CellKind::kLstm>(const ForwardArgs& args) {
-  return layer_forward_cuda<CellKind::kLstm>(args);
-}
-
-template <>
-LayerGrads backward<CellKind::kLstm>(const BackwardArgs& args) {
-  return layer_backward_cuda<CellKind::kLstm>(args);
-}
-
-}  // namespace rnnfused::cuda
+RNNFUSED_CUDA_CELL_ENTRY_POINTS(kLstm)
