@@ -567,16 +567,18 @@ def test_lengths_are_refused_inside_cuda_graph_capture():
             c.fused(inputs, seed=SEED, lengths=torch.tensor([6, 2, 4]))
 
 
-def test_a_training_step_under_reduce_overhead_compile_draws_new_masks_each_call():
+def test_a_training_mode_forward_under_reduce_overhead_compile_draws_new_masks_each_call():
     # torch.compile(mode="reduce-overhead") replays CUDA graphs; with inductor's fallback_random the
     # seed is drawn by torch's own CUDA generator, so each call equals an eager one after the same
-    # torch.cuda.manual_seed.
+    # torch.cuda.manual_seed. Without grad (a backward left pending keeps cudagraph trees off their
+    # replay path); the module stays in training mode, so every regularizer draws.
     import torch._inductor.config as inductor_config
 
     torch.manual_seed(35)
     model = rnnfused.LSTM(8, 16, **SPEC7_RATES).cuda()
     x = torch.randn(6, 4, 8, device=CUDA)
 
+    @torch.no_grad()
     def forward(x):
         return model(x)[0]
 
