@@ -39,6 +39,14 @@ def cells_of(arg: str) -> list[str]:
     return CELL_GROUPS.get(arg, [arg])
 
 
+def add_tf32_argument(parser) -> None:
+    """The scripts' --tf32 option (CUDA float32; set_tf32 applies it)."""
+    parser.add_argument("--tf32", choices=["off", "on"], default="off",
+                        help="CUDA float32: TF32 off for both cuDNN and torch's matmuls (the default), or on "
+                        "for both (cuDNN's own default is on, torch's matmuls' off: SPEC §7 compares like "
+                        "with like); the results file of an 'on' run ends in -tf32")
+
+
 def set_tf32(device: torch.device, setting: str) -> str | None:
     """TF32 for float32 GEMMs, the same for both sides (SPEC §7): cuDNN's RNNs (torch.backends.cudnn,
     on by default) and torch's matmuls, which rnnfused's CUDA layers use (off by default). Returns the
@@ -173,7 +181,7 @@ def measure_config(cfg: dict, names: list[str], *, dtype: str, device: torch.dev
             if work is not None:
                 row[f"{mode}_gpu_work"] = work
         if "fwdbwd" in modes:
-            row["peak_mem_mb"] = _timing.peak_mem_mb(_calls(m, x, grad)["fwdbwd"], device)
+            row["peak_mem_mb"] = _timing.peak_mem_mb(calls["fwdbwd"], device)
         if name in compile_s:
             row["compile_s"] = round(compile_s[name], 2)
         rows.append(row)

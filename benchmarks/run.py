@@ -56,10 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="few repeats, no torch.compile; finishes in ~3 minutes on a 2-core CPU")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--tf32", choices=["off", "on"], default="off",
-                   help="CUDA float32: TF32 off for both cuDNN and torch's matmuls (the default), or on for "
-                   "both (cuDNN's own default is on, torch's matmuls' off: SPEC §7 compares like with like); "
-                   "the results file of an 'on' run ends in -tf32")
+    _harness.add_tf32_argument(p)
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
     p.add_argument("--configs", nargs="+", type=parse_config, metavar="T,B,I,H",
                    help="override the SPEC §7 configurations")

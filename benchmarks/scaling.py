@@ -49,8 +49,7 @@ def main(argv=None) -> str:
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (~2 min on CPU)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--tf32", choices=["off", "on"], default="off",
-                   help="CUDA float32: TF32 off (default) or on, for cuDNN and torch's matmuls alike")
+    _harness.add_tf32_argument(p)
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
     _harness.add_cell_argument(p, default="lstm")
