@@ -24,7 +24,7 @@
 #include <utility>
 
 #include "cell_math.h"
-#include "cpu_blas.h"
+#include "cpu_gemm.h"
 #include "cpu_philox.h"
 #include "layer.h"
 #include "layer_ops.h"
@@ -32,6 +32,9 @@
 namespace rnnfused {
 
 namespace {
+
+using cpu_gemm::FixedRightOperand;
+using cpu_gemm::Product;
 
 // The pointwise passes work on chunks of kChunk consecutive units of one sample: the chunk's
 // masks are drawn into small arrays first, then one branch-free loop applies the cell, which the
@@ -817,9 +820,10 @@ LayerGrads packed_input_and_weight_gradients(const LayerPlan& plan, const Batchi
   if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
   LayerGrads g;
   g.grad_input = at::zeros({T, B, I}, opts);
-  g.grad_input.view({T * B, I}).index_copy_(0, bt.src_rows, at::mm(da_ih, weight_ih.contiguous()));
+  g.grad_input.view({T * B, I})
+      .index_copy_(0, bt.src_rows, cpu_gemm::mm(Product::kGradInput, da_ih, weight_ih.contiguous()));
   if (seq.input_scale.defined()) g.grad_input.mul_(seq.input_scale.unsqueeze(0));
-  g.grad_weight_ih = at::mm(da_ih.t(), bt.pack(xhat));
+  g.grad_weight_ih = cpu_gemm::mm(Product::kGradWeight, da_ih.t(), bt.pack(xhat));
   // ĥ_{t-1} of each packed row (t, i): row i of hs at the step that read it, with its mask.
   Tensor hprev = hs.narrow(0, 0, T);
   if (plan.reverse) hprev = hprev.flip(0);
@@ -827,7 +831,7 @@ LayerGrads packed_input_and_weight_gradients(const LayerPlan& plan, const Batchi
   if (seq.recurrent_scale.defined()) {
     hprev.mul_(bt.to_loop(seq.recurrent_scale).index_select(0, bt.loop_rows.remainder(B)));
   }
-  g.grad_weight_hh = at::mm(da_hh.t(), hprev);
+  g.grad_weight_hh = cpu_gemm::mm(Product::kGradWeight, da_hh.t(), hprev);
   if (seq.weight_scale.defined()) g.grad_weight_hh.mul_(seq.weight_scale);
   if (plan.has_bias && plan.cell == CellKind::kLnLstm) {
     g.grad_bias_ih = g.grad_bias_hh = Tensor();  // the LN-LSTM's driver sums dL/da itself
@@ -838,7 +842,8 @@ LayerGrads packed_input_and_weight_gradients(const LayerPlan& plan, const Batchi
     g.grad_bias_ih = at::empty({0}, opts);
     g.grad_bias_hh = at::empty({0}, opts);
   }
-  g.grad_weight_hr = plan.has_proj ? at::mm(dproj.t(), htil) : at::empty({0}, opts);
+  g.grad_weight_hr = plan.has_proj ? cpu_gemm::mm(Product::kGradWeight, dproj.t(), htil)
+                                   : at::empty({0}, opts);
   g.grad_h0 = std::move(grad_h0);
   g.grad_c0 = grad_c0.defined() ? std::move(grad_c0) : at::empty({0}, opts);
   return g;
@@ -855,7 +860,7 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   const Tensor& input = args.input;
   check_cpu_dtype(input);
   const bool need_workspace = args.need_workspace;
-  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  const int64_t T = plan.T, B = plan.B, H = plan.H, R = plan.R;
   const int64_t GH = Traits::kGates * H;
   const auto opts = input.options();
   const SequenceMasks seq = sequence_masks(plan, input.scalar_type());
@@ -884,9 +889,9 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
     cs = at::empty({kept, B, H}, opts);
     cs[0].copy_(bt.to_loop(*args.c0));
   }
-  // Input term of all steps, packed rows (N, G*H); the cell pass adds the biases (and, for the
-  // LSTM, the GEMM adds the recurrent term into it).
-  Tensor xp = at::empty({N, GH}, opts);
+  // Input term of all steps, Xp = x̂ W_ih^T, packed rows (N, G*H); the cell pass adds the biases
+  // (and, for the LSTM, the GEMM adds the recurrent term into it).
+  Tensor xp = cpu_gemm::mm(Product::kInput, xhat, w_ih.t());
   if (need_workspace) {
     // The LSTM's gates overwrite their own pre-activations: each chunk of the cell pass reads its
     // units' four sums before it stores their four gates, so the workspace can be the input
@@ -915,9 +920,6 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
   }
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "layer_forward_cpu", [&] {
-    // Input term of all steps: Xp = x̂ W_ih^T.
-    gemm_rowmajor<scalar_t>(false, true, N, GH, I, 1, xhat.data_ptr<scalar_t>(), I,
-                            w_ih.data_ptr<scalar_t>(), I, 0, xp.data_ptr<scalar_t>(), GH);
     if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every t, in place
       scalar_t* x = xp.data_ptr<scalar_t>();
       scalar_t* r = rstd.data_ptr<scalar_t>();
@@ -959,8 +961,14 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
     scalar_t* hhat_p = ptr_or_null<scalar_t>(hhat);
     scalar_t* gh_p = ptr_or_null<scalar_t>(gh);
 
-    // The recurrent term ĥ_{t-1} Ŵ_hh^T every step, with Ŵ_hh packed once.
-    const FixedRightOperand<scalar_t> recurrent(true, B, GH, R, w_hh.data_ptr<scalar_t>(), R);
+    // The recurrent term ĥ_{t-1} Ŵ_hh^T every step, with Ŵ_hh packed once (and W_hr, for the
+    // projection h̃ W_hr^T).
+    const FixedRightOperand<scalar_t> recurrent(Product::kRecurrent, true, B, GH, R,
+                                                w_hh.data_ptr<scalar_t>(), R,
+                                                !Traits::kSeparateRecurrent);
+    const FixedRightOperand<scalar_t> projection(Product::kProjection, true,
+                                                 plan.has_proj ? B : 0, R, H,
+                                                 ptr_or_null<scalar_t>(w_hr), H);
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       const CpuLayer<kCell, scalar_t, kCand, kZoneC, kZoneH> cpu{plan, bt.orig()};
       for (int64_t s = 0; s < T; ++s) {
@@ -1009,8 +1017,7 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
           cpu.forward_cell(t, rows, step);
         }
         if (plan.has_proj) {
-          gemm_rowmajor<scalar_t>(false, true, rows, R, H, 1, htil.data_ptr<scalar_t>(), H,
-                                  w_hr.data_ptr<scalar_t>(), H, 0, hproj.data_ptr<scalar_t>(), R);
+          projection.gemm(rows, htil.data_ptr<scalar_t>(), H, 0, hproj.data_ptr<scalar_t>(), R);
           cpu.forward_projected_state(t, rows, hproj.data_ptr<scalar_t>(), step);
         }
         cpu.forward_inactive(rows, step);
@@ -1073,8 +1080,12 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
   }
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "layer_backward_cpu", [&] {
-    // dL/dĥ = da_t Ŵ_hh every step, with Ŵ_hh packed once.
-    const FixedRightOperand<scalar_t> recurrent(false, B, R, GH, w_hh.data_ptr<scalar_t>(), R);
+    // dL/dĥ = da_t Ŵ_hh every step, with Ŵ_hh packed once (and W_hr for dL/dh̃ = dproj W_hr).
+    const FixedRightOperand<scalar_t> recurrent(Product::kRecurrentBackward, false, B, R, GH,
+                                                w_hh.data_ptr<scalar_t>(), R);
+    const FixedRightOperand<scalar_t> projection(Product::kProjectionBackward, false,
+                                                 plan.has_proj ? B : 0, H, R,
+                                                 ptr_or_null<scalar_t>(w_hr), H);
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       const CpuLayer<kCell, scalar_t, kCand, kZoneC, kZoneH> cpu{plan, bt.orig()};
       for (int64_t s = T - 1; s >= 0; --s) {
@@ -1115,8 +1126,7 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
         cpu.backward_inactive(rows, ran, step);
         if (plan.has_proj) {
           cpu.backward_projected_state(t, rows, step);
-          gemm_rowmajor<scalar_t>(false, false, rows, H, R, 1, step.dproj, R,
-                                  w_hr.data_ptr<scalar_t>(), H, 0, dhtil.data_ptr<scalar_t>(), H);
+          projection.gemm(rows, step.dproj, R, 0, dhtil.data_ptr<scalar_t>(), H);
         }
         if constexpr (Traits::kLayerNorm) {
           cpu.backward_cell_ln(t, rows, step);

@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu_gemm.h"
 #include "layer.h"
 
 TORCH_LIBRARY(rnnfused, m) {
@@ -58,6 +59,25 @@ std::vector<at::Tensor> layer_masks_py(int64_t gates, int64_t seed, int64_t T, i
   return rnnfused::layer_masks(gates, seed, T, B, I, H, R, layer, reverse, rates, dtype);
 }
 
+std::vector<py::dict> cpu_gemm_choices() {
+  std::vector<py::dict> out;
+  for (const auto& c : rnnfused::cpu_gemm::choices()) {
+    py::dict seconds;
+    for (const auto& [backend, s] : c.seconds) seconds[py::str(backend)] = s;
+    py::dict d;
+    d["product"] = c.product;
+    d["m"] = c.m;
+    d["n"] = c.n;
+    d["k"] = c.k;
+    d["dtype"] = "float32";
+    d["threads"] = c.threads;
+    d["backend"] = c.backend;
+    d["seconds"] = seconds;
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
 bool has_cuda_kernels() {
 #ifdef RNNFUSED_WITH_CUDA
   return true;
@@ -74,4 +94,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Masks of one layer call (gates = 4 for the LSTM, 3 for the GRU) as {0,1} tensors: "
         "input, recurrent, weight, candidate, zoneout_c, zoneout_h");
   m.def("has_cuda_kernels", &has_cuda_kernels, "Whether this build contains the CUDA kernels");
+  // The CPU GEMM backends (csrc/cpu_gemm.h); rnnfused/cpu_gemm.py is their Python face.
+  m.def("cpu_gemm_available", &rnnfused::cpu_gemm::available,
+        "The CPU GEMM backends this process can run: of onednn, mkl, small");
+  m.def("cpu_gemm_force", &rnnfused::cpu_gemm::force, "Pin one backend, or 'auto' to measure");
+  m.def("cpu_gemm_forced", &rnnfused::cpu_gemm::forced, "The pinned backend, or 'auto'");
+  m.def("cpu_gemm_choices", &cpu_gemm_choices, "The backend each float32 product shape ran on");
+  m.def("cpu_gemm_clear", &rnnfused::cpu_gemm::clear, "Forget the measured choices");
 }
