@@ -6,6 +6,7 @@ the forward+backward timing.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -57,6 +58,80 @@ def set_tf32(device: torch.device, setting: str) -> str | None:
     torch.backends.cuda.matmul.allow_tf32 = on
     torch.backends.cudnn.allow_tf32 = on
     return "on" if on else "off"
+
+
+# ---- rnnfused's CPU GEMM backends (rnnfused.cpu_gemm) ------------------------------------------------
+
+GEMM_BACKENDS = ("auto", "onednn", "mkl", "small")
+
+
+def add_gemm_argument(parser) -> None:
+    """The scripts' --gemm-backend option (CPU; open_cpu_gemm applies it)."""
+    parser.add_argument("--gemm-backend", choices=GEMM_BACKENDS, metavar="{" + ",".join(GEMM_BACKENDS) + "}",
+                        help="CPU: pin rnnfused's GEMM backend (rnnfused.cpu_gemm.force) for every product, or "
+                        "'auto' to measure and choose per product; default: as the process has it "
+                        "(RNNFUSED_CPU_GEMM, else auto). A pinned run's results file ends in -gemm-<backend>")
+
+
+def open_cpu_gemm(device: torch.device, requested: str | None, subject: str | None):
+    """rnnfused.cpu_gemm, pinned to `requested` (--gemm-backend) when given. Returns (the module or None,
+    the results' "cpu_gemm" header or None, why it is None). None on CUDA, when no rnnfused variant is
+    timed (`subject` None) or when this rnnfused has no usable cpu_gemm; pinning a backend that cannot be
+    had stops the run before anything is measured (a file that says 'pinned' must be)."""
+    pinned = requested not in (None, "auto")
+    if device.type != "cpu":
+        if pinned:
+            sys.exit("--gemm-backend pins rnnfused's CPU GEMMs: it needs --device cpu")
+        return None, None, None
+    if subject is None:
+        if pinned:
+            sys.exit("--gemm-backend: no rnnfused variant is timed, so no rnnfused GEMM would run")
+        return None, None, "no rnnfused variant timed"
+    try:
+        gemm = importlib.import_module("rnnfused.cpu_gemm")
+        available = list(gemm.available())
+    except Exception as e:  # not in this rnnfused (yet), or a build whose _C predates it
+        why = f"{type(e).__name__}: {e}"
+        if pinned:
+            sys.exit(f"--gemm-backend {requested}: rnnfused.cpu_gemm cannot be used ({why}); nothing was "
+                     "measured or written")
+        return None, None, f"no usable rnnfused.cpu_gemm ({why})"
+    if requested is not None:
+        if pinned and requested not in available:
+            sys.exit(f"--gemm-backend {requested}: not available in this process (available: "
+                     f"{', '.join(available) or 'none'}); nothing was measured or written")
+        gemm.force(None if requested == "auto" else requested)
+    header = {"requested": requested, "forced": gemm.forced(), "available": available,
+              "env": os.environ.get("RNNFUSED_CPU_GEMM")}
+    return gemm, header, None
+
+
+def gemm_tail(header: dict | None) -> str:
+    """'-gemm-<backend>' for a run whose GEMM backend was pinned (by --gemm-backend or RNNFUSED_CPU_GEMM)."""
+    forced = (header or {}).get("forced")
+    return f"-gemm-{forced}" if forced not in (None, "auto") else ""
+
+
+def clear_gemm_choices(gemm) -> None:
+    """Forgets the cached choices before a configuration and cell, so that the choices read after it
+    (gemm_choices) are the ones its own calls made, measured as a fresh process would."""
+    if gemm is not None:
+        try:
+            gemm.clear()
+        except Exception as e:
+            print(f"rnnfused.cpu_gemm.clear() failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def gemm_choices(gemm) -> list[dict] | None:
+    """rnnfused.cpu_gemm.choices() as plain JSON (product, m, n, k, dtype, threads, backend, seconds);
+    None without the module or when it fails."""
+    if gemm is None:
+        return None
+    try:
+        return json.loads(json.dumps([dict(c) for c in gemm.choices()], default=str))
+    except Exception as e:
+        print(f"rnnfused.cpu_gemm.choices() failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
 
 
 def results_path(args, device: torch.device, default_cell: str, tail: str = "") -> str:

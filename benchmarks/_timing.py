@@ -10,7 +10,6 @@ import contextlib
 import datetime
 import os
 import platform
-import re
 import signal
 import statistics
 import subprocess
@@ -19,6 +18,8 @@ import time
 from typing import Callable
 
 import torch
+
+import _processor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,10 +163,7 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
-def slug(text: str) -> str:
-    """'Intel(R) Xeon(R) Gold 6248' -> 'intel-xeon-gold-6248', for file names."""
-    text = re.sub(r"\((R|TM|tm|r)\)|CPU|@.*$", " ", text)
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+slug = _processor.slug  # 'Intel(R) Xeon(R) Gold 6248' -> 'intel-xeon-gold-6248', for file names
 
 
 def git_commit() -> str | None:
@@ -186,7 +184,8 @@ def git_commit() -> str | None:
 
 
 def provenance(device: torch.device, kind: str) -> dict:
-    """The header of every results file."""
+    """The header of every results file: where (device, and on every run the processor and torch's CPU
+    libraries: _processor.cpu_info, torch_cpu), from what and when. Call it after torch.set_num_threads."""
     return {
         "kind": kind,
         "device": device_name(device),
@@ -199,10 +198,14 @@ def provenance(device: torch.device, kind: str) -> dict:
         "command": " ".join(["python3"] + [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        "cpu": _processor.cpu_info(),
+        "torch_cpu": _processor.torch_cpu(),
     }
 
 
 def results_stem(device: torch.device, suffix: str = "") -> str:
-    """'cpu-intel-xeon-processor-2026-05-09' / 'cuda-nvidia-h100-80gb-hbm3-2026-05-09'."""
+    """'cpu-amd-epyc-f25m1-avx2-2026-12-04' (the processor's _processor.file_tag: model, family and model
+    number, widest vector ISA) / 'cuda-nvidia-h100-80gb-hbm3-2026-05-09'."""
     day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    return f"{device.type}-{slug(device_name(device))}-{day}{suffix}"
+    name = _processor.file_tag(_processor.cpu_info()) if device.type == "cpu" else slug(device_name(device))
+    return f"{device.type}-{name}-{day}{suffix}"

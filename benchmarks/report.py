@@ -7,6 +7,13 @@
 Every figure comes from the JSON files; nothing here is typed by hand. The README section is the text
 between `<!-- perf:begin -->` and `<!-- perf:end -->`; without README.md or the markers it is printed.
 
+Every table is labeled with the processor it was measured on (on the CPU: model, family and model
+number, vector ISA, threads; `_processor.label`), its date and commit; CPU tables name the GEMM backend
+rnnfused chose for each product at each config. The README section keeps each processor's newest run
+apart, and opens with what the files say about where the claims hold (`claims`): per processor, at how
+many configs the regularized layer is no slower than the torch module. Files written before the
+processor fields render too, labeled with their device string and "ISA unknown".
+
 One table and one plot per cell: each row carries its cell ("lstm" when the file predates the field) and
 is compared with that cell's torch module (nn.LSTM, nn.GRU; nn.LSTM for the layer-normalized LSTM,
 "lnlstm"). The plot of a file's first cell (the LSTM first) is `<stem>.png`, the next ones'
@@ -26,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+import _processor  # noqa: E402
 from _readme import replace_section  # noqa: E402
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
@@ -74,9 +82,31 @@ def cfg_label(cfg: dict) -> str:
     return f"{cfg['T']}×{cfg['B']}×{cfg['I']}×{cfg['H']}"
 
 
+def short_commit(run: dict) -> str:
+    return (run.get("commit") or "unknown")[:12] + ("-dirty" if str(run.get("commit")).endswith("-dirty") else "")
+
+
+def threads_label(run: dict) -> str:
+    cores = (run.get("cpu") or {}).get("cores")
+    return f"{run['threads']} threads" + (f" of {cores} cores" if cores else "")
+
+
+def where_label(run: dict) -> str:
+    """The device of a results file, short, for headings: on the CPU the processor, its vector ISA and
+    the threads ('AMD EPYC (family 25 model 1, AVX2), 2 threads'), plus the GEMM backend when one was
+    pinned; on CUDA the GPU's name."""
+    if run["device_type"] != "cpu":
+        return run["device"]
+    pinned = (run.get("cpu_gemm") or {}).get("forced")
+    return f"{_processor.label(run)}, {run['threads']} threads" + (f", GEMMs pinned to {pinned}" if pinned else "")
+
+
 def headline(run: dict) -> str:
-    commit = (run.get("commit") or "unknown")[:12] + ("-dirty" if str(run.get("commit")).endswith("-dirty") else "")
-    where = run["device"] + (f", CUDA {run['cuda']}" if run.get("cuda") else f", {run['threads']} threads")
+    commit = short_commit(run)
+    if run["device_type"] == "cpu":
+        where = f"{_processor.label(run, long=True)}, {threads_label(run)}"
+    else:
+        where = run["device"] + (f", CUDA {run['cuda']}" if run.get("cuda") else f", {run['threads']} threads")
     quick = ", --quick" if run.get("quick") else ""
     dtype = run.get("dtype", "float32")
     if run.get("tf32") and dtype == "float32":  # CUDA: TF32 set alike for cuDNN and torch's matmuls
@@ -102,6 +132,59 @@ def _ratio(row: dict, mode: str) -> str:
     return "–" if r is None else f"{r:.2f}×"
 
 
+# ---- rnnfused's GEMM backends (CPU) -------------------------------------------------------------
+
+def gemm_summary(choices: list[dict] | None) -> str | None:
+    """Short form of one config's rnnfused.cpu_gemm.choices(): 'onednn: input, grad; small: recurrent',
+    each backend with the products that chose it, in the order first chosen. A product that chose
+    differently at different shapes (packed input: the batch shrinks step by step) appears under each
+    backend with its number of shapes. None when not recorded; '–' when no rnnfused GEMM ran."""
+    if choices is None:
+        return None
+    if not choices:
+        return "–"
+    by_backend: dict[str, dict[str, int]] = {}
+    backends_of: dict[str, set] = {}
+    for c in choices:
+        product, backend = str(c.get("product", "?")), str(c.get("backend", "?"))
+        by_backend.setdefault(backend, {}).setdefault(product, 0)
+        by_backend[backend][product] += 1
+        backends_of.setdefault(product, set()).add(backend)
+    return "; ".join(f"{backend}: " + ", ".join(
+        p + (f" ({n} shape{'s' if n > 1 else ''})" if len(backends_of[p]) > 1 else "") for p, n in products.items())
+        for backend, products in by_backend.items())
+
+
+def gemm_by_config(run: dict, cell: str, sweep: str | None = None) -> dict[str, str | None]:
+    """cfg_label -> gemm_summary of `cell`'s choices at that config (and sweep), from the file's
+    gemm_choices."""
+    return {cfg_label(e["config"]): gemm_summary(e.get("choices")) for e in run.get("gemm_choices") or []
+            if cell_of(e) == cell and (sweep is None or e.get("sweep") == sweep)}
+
+
+def gemm_column(run: dict, cell: str) -> bool:
+    """Whether `cell`'s table has a GEMM backends column: a CPU file with choices recorded."""
+    return any(e.get("choices") is not None for e in run.get("gemm_choices") or [] if cell_of(e) == cell)
+
+
+def gemm_note(run: dict) -> str | None:
+    """One line on how rnnfused's CPU GEMM backends were set for the run (CPU files only)."""
+    if run["device_type"] != "cpu":
+        return None
+    if "cpu_gemm" not in run:
+        return "rnnfused's GEMM backends: not recorded (the file predates the field)."
+    state = run["cpu_gemm"]
+    if state is None:
+        return f"rnnfused's GEMM backends: not recorded ({run.get('cpu_gemm_unavailable') or 'no rnnfused.cpu_gemm'})."
+    avail = ", ".join(state.get("available") or []) or "none"
+    if state.get("forced"):
+        how = (f"--gemm-backend {state['requested']}" if state.get("requested") not in (None, "auto")
+               else f"RNNFUSED_CPU_GEMM={state.get('env')}")
+        return f"rnnfused's GEMMs pinned to {state['forced']} ({how}; available: {avail})."
+    return (f"rnnfused's GEMM backend measured and chosen per product (auto; available: {avail}); "
+            "the GEMM backends column says which one each product chose.")
+
+
 # ---- side-by-side run ----------------------------------------------------------------------------
 
 def run_table(run: dict, cell: str = "lstm") -> str:
@@ -114,14 +197,18 @@ def run_table(run: dict, cell: str = "lstm") -> str:
     # the kernels it launched.
     host = any("fwdbwd_host_ms" in r for r in results)
     work = any("fwdbwd_gpu_work" in r for r in results)
+    # CPU: the GEMM backend rnnfused chose for each product at the config, on the config's first
+    # rnnfused row (every rnnfused variant of the config and cell together: they share the shapes).
+    gemm = gemm_by_config(run, cell) if gemm_column(run, cell) else None
+    gemm_shown = set()
     lines = [f"{headline(run)}",
              "",
              f"| T×B×I×H | variant | fwd ms, median [p25–p75] | fwd vs {base} | fwd+bwd ms | "
              f"fwd+bwd vs {base} |" + (" fwd+bwd speed-up over padded |" if varlen else "")
              + (" fwd+bwd host enqueue ms |" if host else "") + (" kernels per fwd+bwd |" if work else "")
-             + " peak MiB |",
+             + " peak MiB |" + (" rnnfused GEMM backends |" if gemm is not None else ""),
              "|---|---|---:|---:|---:|---:|" + ("---:|" if varlen else "") + ("---:|" if host else "")
-             + ("---:|" if work else "") + "---:|"]
+             + ("---:|" if work else "") + "---:|" + ("---|" if gemm is not None else "")]
     last = None
     for row in results:
         label = cfg_label(row["config"])
@@ -137,9 +224,17 @@ def run_table(run: dict, cell: str = "lstm") -> str:
         if work:
             w = row.get("fwdbwd_gpu_work")
             extra += f" {w['kernels']} |" if w else " – |"
+        if gemm is not None:
+            backends = ""
+            if row["variant"].startswith("rnnfused") and label not in gemm_shown:
+                backends = gemm.get(label) or "not recorded"
+                gemm_shown.add(label)
+            extra_gemm = f" {backends} |"
+        else:
+            extra_gemm = ""
         lines.append(f"| {label if label != last else ''} | {row['variant']} | {_ms(row.get('fwd_ms'))} | "
                      f"{_ratio(row, 'fwd')} | {_ms(row.get('fwdbwd_ms'))} | {_ratio(row, 'fwdbwd')} |"
-                     f"{speedup}{extra} {'–' if mem is None else f'{mem:.0f}'} |")
+                     f"{speedup}{extra} {'–' if mem is None else f'{mem:.0f}'} |{extra_gemm}")
         last = label
     notes = []
     for row in results:
@@ -155,6 +250,8 @@ def run_table(run: dict, cell: str = "lstm") -> str:
         notes.append("'-lengths' rows: the same lengths, the padded batch given to rnnfused's forward with "
                      "lengths= (no PackedSequence, nothing packed or padded around the layer).")
     notes += run.get("notes", [])
+    if gemm_note(run):
+        notes.append(gemm_note(run))
     n = sorted({r[m]["n"] for r in results for m in ("fwd_ms", "fwdbwd_ms") if m in r})
     if n:
         rounds = str(n[0]) if len(n) == 1 else f"{n[0]}–{n[-1]}"
@@ -229,14 +326,21 @@ def scaling_table(data: dict, cell: str = "lstm") -> str:
         values = list(dict.fromkeys(r["config"][sweep] for r in rows))
         by = {(r["config"][sweep], r["variant"]): r for r in rows}
         fixed = ", ".join(f"{k}={v}" for k, v in data["base"].items() if k not in (sweep, "I" if sweep == "H" else ""))
+        gemm = ({e["config"][sweep]: gemm_summary(e.get("choices")) for e in data.get("gemm_choices") or []
+                 if cell_of(e) == cell and e.get("sweep") == sweep} if gemm_column(data, cell) else None)
         out += [f"fwd+bwd ms per time step as {sweep} grows ({fixed}):", "",
-                f"| {sweep} | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+                f"| {sweep} | " + " | ".join(names) + " |" + (" rnnfused GEMM backends |" if gemm is not None else ""),
+                "|---:|" + "---:|" * len(names) + ("---|" if gemm is not None else "")]
         for v in values:
             row = [f"{by[(v, n)]['per_step_ms']:.3g}" if (v, n) in by else "–" for n in names]
+            if gemm is not None:
+                row.append(gemm.get(v) or "not recorded")
             out.append(f"| {v} | " + " | ".join(row) + " |")
         out.append("")
     for k in of_cell(data.get("skipped", []), cell):
         out.append(f"- {k['variant']} skipped ({k['sweep']}={k['config'][k['sweep']]}): {k['reason']}")
+    if gemm_note(data):
+        out.append(f"- {gemm_note(data)}")
     out.append(f"- Command: `{data['command']}`")
     return "\n".join(out) + "\n"
 
@@ -288,39 +392,144 @@ def render(path: str) -> tuple[str, list[str]]:
 
 
 def newest(paths: list[str]) -> list[tuple[str, str]]:
-    """(file, cell): the newest file per (kind, device type, cell), preferring full runs over --quick ones;
-    a variable-length run (run.py --packed) is its own kind, beside the padded one."""
-    best = {}
+    """(file, cell): the newest file per kind, device type, cell, dtype, TF32 setting and processor,
+    preferring full runs over --quick ones; a variable-length run (run.py --packed) is its own kind,
+    beside the padded one. Processors are told apart by `_processor.key` (on the CPU: model, family,
+    model number, vector ISA), and on the CPU also by the threads used and a pinned GEMM backend, so an
+    AVX2 EPYC's run never hides an AVX-512 EPYC's. A CPU file written before the processor fields (its
+    ISA unknown) yields to a file with them for the same model name, cell and setting."""
+    best, data = {}, {}
     for p in paths:
-        d = load(p)
+        d = data[p] = load(p)
         rank = (not d.get("quick"), d["date"])
+        cpu = d["device_type"] == "cpu"
         for cell in cells(d):
             # each dtype and TF32 setting of a device has its own table (SPEC §7 asks for all three)
             key = (d["kind"], "packed_lengths" in d, d["device_type"], cell, d.get("dtype", "float32"),
-                   d.get("tf32"))
+                   d.get("tf32"), _processor.key(d), d.get("threads") if cpu else None,
+                   (d.get("cpu_gemm") or {}).get("forced"))
             if key not in best or rank > best[key][0]:
                 best[key] = (rank, p)
-    return [(p, key[3]) for key, (_, p) in best.items()]
+    detailed = {(key[:6], data[p]["cpu"].get("model_name")) for key, (_, p) in best.items()
+                if data[p].get("cpu") and data[p]["device_type"] == "cpu"}
+    return [(p, key[3]) for key, (_, p) in best.items()
+            if data[p].get("cpu") or data[p]["device_type"] != "cpu" or (key[:6], data[p]["device"]) not in detailed]
+
+
+def setting_label(d: dict) -> str:
+    """What a claim is about: the processor (or GPU), threads, dtype and TF32, a pinned GEMM backend."""
+    dtype = d.get("dtype", "float32")
+    text = where_label(d)
+    if d["device_type"] != "cpu" or dtype != "float32":
+        text += f", {dtype}" + (f" with TF32 {d['tf32']}" if d.get("tf32") and dtype == "float32" else "")
+    return text + (", --quick run" if d.get("quick") else "")
+
+
+def _fmt_ratio(r: float) -> str:
+    """Two decimals, three where two would show 1.00 for a ratio above 1 (1.004 is above 1.00x)."""
+    text = f"{r:.2f}"
+    return f"{r:.3f}" if r > 1.0 and text == "1.00" else text
+
+
+REGULARIZED = "rnnfused-reg"
+
+
+def claims(entries: list[tuple[str, str]]) -> str:
+    """What the kernel files among `entries` say about where the claims hold: per processor (and GPU,
+    dtype, TF32), at how many configs `rnnfused-reg` takes at most its torch module's time, forward+backward
+    and forward alone, per cell; and, plainly, on which processors the regularized LSTM is no slower than
+    nn.LSTM (forward+backward) at every config timed. Empty when no kernel file has rnnfused-reg rows."""
+    groups: dict[tuple, dict] = {}
+    for p, cell in entries:
+        d = load(p)
+        if d["kind"] != "kernels" or "packed_lengths" in d:
+            continue
+        rows = [r for r in of_cell(d["results"], cell)
+                if r["variant"] == REGULARIZED and ratio(r, "fwdbwd") is not None]
+        if not rows:
+            continue
+        key = (d["device_type"] != "cuda", not d.get("cpu") and d["device_type"] == "cpu", setting_label(d))
+        g = groups.setdefault(key, {"label": setting_label(d), "runs": {}, "cells": {}})
+        g["runs"][(d["date"][:10], short_commit(d))] = None
+        g["cells"][cell] = rows
+    if not groups:
+        return ""
+
+    def count(rows, mode):
+        rs = [ratio(r, mode) for r in rows if ratio(r, mode) is not None]
+        return sum(r <= 1.0 for r in rs), len(rs), min(rs), max(rs)
+
+    def span(lo, hi):
+        return f"{_fmt_ratio(lo)}×" if _fmt_ratio(lo) == _fmt_ratio(hi) else f"{_fmt_ratio(lo)}–{_fmt_ratio(hi)}×"
+
+    holds, fails, bullets = [], [], []
+    for k in sorted(groups):
+        g = groups[k]
+        cell_order = sorted(g["cells"], key=lambda c: (c != "lstm", c))
+        if "lstm" in g["cells"]:
+            ok, n, _, hi = count(g["cells"]["lstm"], "fwdbwd")
+            if ok == n:
+                holds.append(f"**{g['label']}**")
+            else:
+                fails.append(f"**{g['label']}** (at {n - ok} of {n} configs, up to {_fmt_ratio(hi)}×)")
+        per_mode = []
+        for mode, words in (("fwdbwd", "forward+backward"), ("fwd", "forward alone")):
+            parts = []
+            for c in cell_order:
+                if any(ratio(r, mode) is not None for r in g["cells"][c]):
+                    ok, n, lo, hi = count(g["cells"][c], mode)
+                    parts.append(f"{CELL_NAMES.get(c, c)} at {ok} of {n} ({span(lo, hi)} {baseline(c)})")
+            if parts:
+                per_mode.append(f"{words}: " + ", ".join(parts))
+        runs = "; ".join(f"{date}, commit {commit}" for date, commit in g["runs"])
+        bullets.append(f"- {g['label']} ({runs}): " + "; ".join(per_mode) + ".")
+    lead = ("**Where the claims hold.** Speed ratios to the torch modules differ between processors (MKL "
+            "runs AVX2 code on AMD, oneDNN runs AVX-512 where the CPU has it, rnnfused chooses its GEMM "
+            "backend per machine), so each processor has its own tables below, and what they show holds on "
+            "those processors only; no other processor was measured.")
+    reg = "the regularized LSTM (`rnnfused-reg`, every regularizer on)"
+    if holds:
+        lead += (f" {reg[0].upper() + reg[1:]} is no slower than unregularized nn.LSTM in forward+backward at "
+                 f"every config timed on {_and(holds)}.")
+        if fails:
+            lead += f" It is slower than nn.LSTM at some configs on {_and(fails)}."
+    elif fails:
+        lead += (f" On no processor measured is {reg} no slower than unregularized nn.LSTM in forward+backward "
+                 f"at every config timed: it is slower at some configs on {_and(fails)}.")
+    return "\n".join([lead, "", "Per processor, the configs at which `rnnfused-reg` is no slower than its "
+                      "torch module (ratio of medians ≤ 1.00) and the range of its ratios:", ""] + bullets) + "\n"
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def readme_section(entries: list[tuple[str, str]], readme_dir: str) -> str:
-    """Kernel tables first (GPU, then CPU), then the scaling studies; the LSTM before the GRU, each
-    table with its plot. `entries` are (results file, cell) pairs."""
+    """Where the claims hold (`claims`), then the kernel tables (GPU, then CPU), then the scaling studies;
+    the LSTM before the GRU, each cell's tables one per processor, each table with its plot. `entries`
+    are (results file, cell) pairs."""
     def order(entry):
         d = load(entry[0])
         return (d["kind"] != "kernels", "packed_lengths" in d, d["device_type"] != "cuda", entry[1] != "lstm",
-                entry[1], d.get("dtype", "float32") != "float32", d.get("tf32") == "on")
+                entry[1], not d.get("cpu") and d["device_type"] == "cpu", where_label(d),
+                d.get("dtype", "float32") != "float32", d.get("dtype", "float32"), d.get("tf32") == "on",
+                d.get("quick", False))
     entries = sorted(entries, key=order)
     files = list(dict.fromkeys(p for p, _ in entries))
     parts = ["", "_Generated by `python3 benchmarks/report.py --readme README.md` from "
              + ", ".join(f"`{os.path.relpath(p, readme_dir)}`" for p in files) + "; do not edit by hand._", ""]
+    summary = claims(entries)
+    if summary:
+        parts += [summary]
     for p, cell in entries:
         d = load(p)
         png = os.path.relpath(plot_path(os.path.splitext(p)[0], cell, d), readme_dir)
-        where = f"{d['device_type'].upper()} {CELL_NAMES.get(cell, cell)}"
+        where = f"{d['device_type'].upper()} {CELL_NAMES.get(cell, cell)} on {where_label(d)}"
         if d["device_type"] == "cuda":
             where += f", {d.get('dtype', 'float32')}" + (f", TF32 {d['tf32']}" if d.get("tf32") and
                                                         d.get("dtype", "float32") == "float32" else "")
+        elif d.get("dtype", "float32") != "float32":
+            where += f", {d['dtype']}"
         alt = f"{d['device_type']} {cell}"
         if d["kind"] == "kernels":
             packed = (f", variable-length input ({d['packed_lengths']})" if "packed_lengths" in d else "")

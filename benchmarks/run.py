@@ -5,12 +5,15 @@
     python3 benchmarks/run.py --device cpu --quick --cell gru --out /tmp/bench
     python3 benchmarks/run.py --device cpu --cell lnlstm   # the layer-normalized LSTM against nn.LSTM
     python3 benchmarks/run.py --device cpu --packed        # variable lengths: padded against packed
+    python3 benchmarks/run.py --device cpu --gemm-backend onednn   # rnnfused's CPU GEMMs pinned to oneDNN
 
 Every configuration is timed once per cell (--cell lstm, gru, lnlstm, both = lstm and gru, or all),
 each cell's variants against its own torch module (the LN-LSTM's: the plain nn.LSTM). Writes
-<out>/<device>-<name>-<date>[-<cell>].json (its schema is in benchmarks/README.md; rewritten after every
-configuration, so a run cut short keeps what it measured), plus the Markdown tables (.md) and one plot
-per cell (.png) that report.py renders from it.
+<out>/<device>-<name>-<date>[-<cell>].json, <name> on the CPU the processor's (model, family and model
+number, widest vector ISA: cpu-amd-epyc-f25m1-avx2-...), with the processor's details and the GEMM
+backend rnnfused chose for each product at each config (--gemm-backend pins one). Its schema is in
+benchmarks/README.md; it is rewritten after every configuration, so a run cut short keeps what it
+measured; report.py renders the Markdown tables (.md) and one plot per cell (.png) from it.
 """
 from __future__ import annotations
 
@@ -76,6 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, metavar="S",
                    help="stop timing a config's cell after S seconds, once 3 rounds are done")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
+    _harness.add_gemm_argument(p)
     return p.parse_args(argv)
 
 
@@ -126,8 +130,14 @@ def main(argv=None) -> str:
             notes.append(f"--quick: dropped configs {dropped}")
 
     subject = variants.require_subject(args.variants or variants.ALL_NAMES)
+    gemm, gemm_header, no_gemm = _harness.open_cpu_gemm(device, args.gemm_backend, subject)
     run = _timing.provenance(device, "kernels")
     run["rnnfused"] = subject
+    if device.type == "cpu":  # rnnfused's GEMM backends: the state of rnnfused.cpu_gemm, and per config
+        run["cpu_gemm"] = gemm_header  # and cell the choice of every product (null: not recorded)
+        run["gemm_choices"] = []
+        if no_gemm:
+            run["cpu_gemm_unavailable"] = no_gemm
     run.update({
         "dtype": args.dtype, "tf32": tf32, "quick": args.quick, "settings": s, "notes": notes, "cells": cells,
         "variants": {c: {name: desc for name, (_, _, desc) in
@@ -140,7 +150,8 @@ def main(argv=None) -> str:
     if args.packed:
         run["packed_lengths"] = variants.PACKED_LENGTHS
     path = _harness.results_path(args, device, default_cell="both",
-                                 tail=("-tf32" if tf32 == "on" else "") + ("-packed" if args.packed else ""))
+                                 tail=_harness.gemm_tail(gemm_header) + ("-tf32" if tf32 == "on" else "")
+                                 + ("-packed" if args.packed else ""))
     t_start = time.perf_counter()
     compile_failed_at_T = {}  # per cell: the shortest T whose loop did not compile within the budget
     for T, B, I, H in configs:
@@ -153,6 +164,7 @@ def main(argv=None) -> str:
             if failed_at is not None and T >= failed_at:
                 # a longer unrolled loop will not compile faster
                 compile_budget, why = 0.0, f"torch.compile not tried: T={failed_at} already exceeded the budget"
+            _harness.clear_gemm_choices(gemm)
             rows, skipped = _harness.measure_config(
                 cfg, names[cell], cell=cell, dtype=args.dtype, device=device, warmup=s["warmup"],
                 repeats=s["repeats"], budget_s=s["budget_s"], compile_budget_s=compile_budget,
@@ -160,6 +172,8 @@ def main(argv=None) -> str:
             if any(k["variant"] == _harness.COMPILED and "budget" in k["reason"] for k in skipped):
                 compile_failed_at_T[cell] = min(T, failed_at or T)
             add_vs_padded(rows)
+            if "gemm_choices" in run:
+                run["gemm_choices"].append({"config": cfg, "cell": cell, "choices": _harness.gemm_choices(gemm)})
             run["results"] += rows
             run["skipped"] += [dict(config=cfg, cell=cell, **k) for k in skipped]
             run["wall_s"] = round(time.perf_counter() - t_start, 1)

@@ -2,13 +2,15 @@
 
     python3 benchmarks/scaling.py --device cpu [--quick] [--out DIR] [--cell lstm|gru|lnlstm|both|all]
     python3 benchmarks/scaling.py --device cuda
+    python3 benchmarks/scaling.py --device cpu --gemm-backend small   # rnnfused's CPU GEMMs pinned
 
 Each sweep changes one size of a base configuration (H sweeps set I = H) and times the cell's torch
 module (nn.LSTM / nn.GRU; nn.LSTM for the LN-LSTM), rnnfused, rnnfused-reg and cell-loop-reg on it,
 interleaved, as run.py does. Only the LSTM by default (--cell gru, lnlstm, both or all add the others,
 each one more run's time). Writes
-<out>/<device>-<name>-<date>[-<cell>]-scaling.json plus the tables (.md) and, per cell, one PNG with
-three log-log panels.
+<out>/<device>-<name>-<date>[-<cell>][-gemm-<backend>]-scaling.json (on the CPU <name> names the processor, as
+run.py's; the file records it and rnnfused's GEMM backend choice at every point) plus the tables (.md)
+and, per cell, one PNG with three log-log panels.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def main(argv=None) -> str:
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: benchmarks/results/)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
     _harness.add_cell_argument(p, default="lstm")
+    _harness.add_gemm_argument(p)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -64,8 +67,13 @@ def main(argv=None) -> str:
     cells = _harness.cells_of(args.cell)
 
     subject = variants.require_subject(VARIANTS)
+    gemm, gemm_header, no_gemm = _harness.open_cpu_gemm(device, args.gemm_backend, subject)
     data = _timing.provenance(device, "scaling")
     data["rnnfused"] = subject
+    if device.type == "cpu":  # as run.py: rnnfused.cpu_gemm's state, and per sweep point and cell its choices
+        data.update(cpu_gemm=gemm_header, gemm_choices=[])
+        if no_gemm:
+            data["cpu_gemm_unavailable"] = no_gemm
     data.update({"dtype": args.dtype, "tf32": tf32, "quick": args.quick, "cells": cells, "base": plan["base"],
                  "sweeps": plan["sweeps"], "settings": {k: plan[k] for k in ("warmup", "repeats", "budget_s")},
                  "metric": "fwd+bwd ms per time step (median fwd+bwd time / T), training mode",
@@ -78,6 +86,7 @@ def main(argv=None) -> str:
                 cfg["I"] = v
             for cell in cells:
                 print(f"[{time.perf_counter() - t_start:5.0f} s] {cell} {sweep} = {v}: {cfg}", file=sys.stderr)
+                _harness.clear_gemm_choices(gemm)
                 rows, skipped = _harness.measure_config(
                     cfg, [variants.CELLS[cell].baseline] + VARIANTS, cell=cell, dtype=args.dtype,
                     device=device, warmup=plan["warmup"], repeats=plan["repeats"], budget_s=plan["budget_s"],
@@ -87,10 +96,14 @@ def main(argv=None) -> str:
                     r["per_step_ms"] = round(r["fwdbwd_ms"]["median"] / cfg["T"], 5)
                 data["results"] += rows
                 data["skipped"] += [dict(config=cfg, sweep=sweep, cell=cell, **k) for k in skipped]
+                if "gemm_choices" in data:
+                    data["gemm_choices"].append({"sweep": sweep, "config": cfg, "cell": cell,
+                                                 "choices": _harness.gemm_choices(gemm)})
     data["wall_s"] = round(time.perf_counter() - t_start, 1)
 
     return _harness.finish(data, _harness.results_path(args, device, default_cell="lstm",
-                                                    tail=("-tf32" if tf32 == "on" else "") + "-scaling"))
+                                                    tail=_harness.gemm_tail(gemm_header)
+                                                    + ("-tf32" if tf32 == "on" else "") + "-scaling"))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ layer-normalized LSTM (--cell lnlstm) the same, against nn.LSTM. Timings themsel
 the cell loops the benchmarks time compute the torch modules' function when every rate is 0 (the LN-LSTM
 loop: the reference's LN-LSTM), so they are the loops they claim to be.
 
+Every results file says which processor it was measured on (model, family and model number, vector ISA,
+cores, threads, torch's oneDNN and MKL) and which GEMM backend rnnfused chose for each product at each
+config (rnnfused.cpu_gemm; --gemm-backend pins one), and is named so that an AVX2-only EPYC's file never
+replaces an AVX-512 one's; the README shows each processor's tables apart, says on which processors the
+claims hold, and still renders files written before these fields.
+
 The scripts run in this process (their main(argv)), which saves a second torch import.
 """
 
@@ -21,6 +27,7 @@ import rnnfused
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 BASELINES = {"lstm": "nn.LSTM", "gru": "nn.GRU"}
+CHOICE_KEYS = {"product", "m", "n", "k", "dtype", "threads", "backend", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +52,14 @@ def test_run_writes_results_json_tables_and_plots(tmp_path, bench):
 
     result = json.loads((tmp_path / json_name).read_text())
     for key in ("device", "torch", "cuda", "commit", "date", "command", "threads", "results",
-                "nn_lstm_backend", "nn_gru_backend"):
+                "nn_lstm_backend", "nn_gru_backend", "cpu", "torch_cpu", "cpu_gemm", "gemm_choices"):
         assert key in result, key
     assert result["cuda"] is None and result["threads"] == 1 and result["device"] and result["complete"]
+    # Named by its processor: the model's slug, family/model and widest vector ISA.
+    assert json_name.startswith("cpu-" + report._processor.file_tag(result["cpu"]) + "-")
+    # One GEMM record per config and cell, in the order timed.
+    assert [(e["config"], e["cell"]) for e in result["gemm_choices"]] == [
+        ({"T": 4, "B": 2, "I": 8, "H": 8}, "lstm"), ({"T": 4, "B": 2, "I": 8, "H": 8}, "gru")]
     assert result["cells"] == ["lstm", "gru"] and set(result["variants"]) == {"lstm", "gru"}
     for cell, base in BASELINES.items():
         rows = [r for r in result["results"] if r["cell"] == cell]
@@ -75,7 +87,9 @@ def test_run_writes_results_json_tables_and_plots(tmp_path, bench):
     text = readme.read_text()
     assert text.startswith("# title\n<!-- perf:begin -->\n") and text.endswith("<!-- perf:end -->\ntail\n")
     assert "old text" not in text and f"{stem}.png" in text and f"{stem}-gru.png" in text
-    lstm, gru = text.index("#### CPU LSTM: time per call, and ratio to nn.LSTM"), text.index("#### CPU GRU:")
+    on = f"on {report._processor.label(result)}, 1 threads"
+    lstm = text.index(f"#### CPU LSTM {on}: time per call, and ratio to nn.LSTM")
+    gru = text.index(f"#### CPU GRU {on}:")
     assert lstm < gru and "| nn.LSTM |" in text[lstm:gru] and "| nn.GRU |" in text[gru:]
     assert "nn.GRU" not in text[lstm:gru] and "nn.LSTM" not in text[gru:]
     assert "| fwd vs nn.GRU |" in text[gru:]
@@ -137,7 +151,8 @@ def test_run_of_the_layer_normalized_lstm_compares_it_with_nn_lstm(tmp_path, ben
     readme.write_text("<!-- perf:begin -->\n<!-- perf:end -->\n")
     report.main(["--readme", str(readme), str(json_path)])
     text = readme.read_text()
-    assert "#### CPU LN-LSTM: time per call, and ratio to nn.LSTM" in text and "| fwd vs nn.LSTM |" in text
+    assert "#### CPU LN-LSTM on " in text and ": time per call, and ratio to nn.LSTM" in text
+    assert "| fwd vs nn.LSTM |" in text
     assert "| cell-loop-reg |" in text and "×" in text.split("| cell-loop-reg |")[1].splitlines()[0]
     assert run._harness.cells_of("all") == ["lstm", "gru", "lnlstm"]
     assert run._harness.cells_of("both") == ["lstm", "gru"]
@@ -276,5 +291,286 @@ def test_cuda_tables_say_the_tf32_setting_and_show_host_time_and_kernels(tmp_pat
     readme.write_text("<!-- perf:begin -->\n<!-- perf:end -->\n")
     report.main(["--readme", str(readme)] + files)
     text = readme.read_text()
-    assert "#### CUDA LSTM, float32, TF32 off:" in text and "#### CUDA LSTM, float32, TF32 on:" in text
+    assert "#### CUDA LSTM on GPU X, float32, TF32 off:" in text
+    assert "#### CUDA LSTM on GPU X, float32, TF32 on:" in text
+    assert "rnnfused GEMM backends" not in text and "GEMM backends: not recorded" not in text   # CPU only
     assert sorted(report.newest(files)) == sorted((p, "lstm") for p in files)
+
+
+# ---- the processor and rnnfused's GEMM backends ------------------------------------------------------
+
+def _cpuinfo(model_name, family, model, flags, cores=2):
+    """/proc/cpuinfo's text for a machine of `cores` processors (one thread each)."""
+    return "\n".join(f"processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+                     f"model name\t: {model_name}\nstepping\t: 1\nphysical id\t: 0\ncore id\t\t: {i}\n"
+                     f"flags\t\t: fpu sse sse2 {flags}\n" for i in range(cores))
+
+
+ZEN3 = _cpuinfo("AMD EPYC", 25, 1, "sse4_1 sse4_2 avx f16c fma avx2 vaes")
+ZEN5 = _cpuinfo("AMD EPYC", 26, 2, "sse4_2 avx f16c fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni "
+                "avx512_bf16", cores=4)
+
+
+def test_processor_names_tell_an_avx2_epyc_from_an_avx512_one(bench):
+    _, report, _ = bench
+    proc = report._processor
+    avx2, avx512 = proc.cpu_info(ZEN3), proc.cpu_info(ZEN5)
+    assert avx2["model_name"] == avx512["model_name"] == "AMD EPYC"      # what /proc/cpuinfo calls both
+    assert (avx2["vendor"], avx2["family"], avx2["model"], avx2["cores"]) == ("AMD", 25, 1, 2)
+    assert avx2["isa"] == ["sse4_2", "avx", "f16c", "fma", "avx2"] and avx2["isa_tag"] == "avx2"
+    assert "avx512_bf16" in avx512["isa"] and avx512["isa_tag"] == "avx512" and avx512["cores"] == 4
+    assert proc.file_tag(avx2) == "amd-epyc-f25m1-avx2" and proc.file_tag(avx512) == "amd-epyc-f26m2-avx512"
+    assert proc.label({"cpu": avx2}) == "AMD EPYC (family 25 model 1, AVX2)"
+    assert proc.label({"cpu": avx512}) == "AMD EPYC (family 26 model 2, AVX-512 (VNNI, BF16))"
+    assert proc.label({"cpu": avx2}, long=True) == "AMD EPYC (AMD family 25 model 1; AVX2, FMA; no AVX-512)"
+    assert proc.isa_tag(["avx2", "avx512f", "amx_tile"]) == "avx512-amx"
+    assert proc.label({"device": "AMD EPYC"}) == "AMD EPYC (ISA unknown)"        # a file older than the field
+    assert proc.key({"device_type": "cpu", "cpu": avx2}) != proc.key({"device_type": "cpu", "cpu": avx512})
+    # This machine: what run.py records.
+    here = proc.cpu_info()
+    assert here["model_name"] and here["logical_cpus"] >= 1
+    if os.path.exists("/proc/cpuinfo") and "avx2" in open("/proc/cpuinfo").read():
+        assert "avx2" in here["isa"] and here["isa_tag"] in ("avx2", "avx512", "avx512-amx")
+    libs = proc.torch_cpu()
+    assert libs["mkldnn"] == torch.backends.mkldnn.is_available() and libs["mkl"] == torch.backends.mkl.is_available()
+
+
+class FakeCpuGemm:
+    """rnnfused.cpu_gemm's surface (available, force, forced, clear, choices), recording the calls, so that
+    the harness's handling of it is tested whatever the C++ build has."""
+    BACKENDS = ("onednn", "mkl", "small")
+
+    def __init__(self):
+        self.calls, self._forced = [], None
+
+    def available(self):
+        return ["onednn", "mkl", "small"]
+
+    def force(self, name):
+        self.calls.append(("force", name))
+        self._forced = None if name in (None, "auto") else name
+
+    def forced(self):
+        return self._forced
+
+    def clear(self):
+        self.calls.append(("clear",))
+
+    def choices(self):
+        self.calls.append(("choices",))
+        pinned = self._forced
+        return [dict(product=p, m=4, n=32, k=8, dtype="float32", threads=1,
+                     backend=pinned or b, seconds={} if pinned else {"onednn": 2e-6, "mkl": 3e-6, "small": 1e-6})
+                for p, b in (("input", "onednn"), ("recurrent", "small"), ("grad_weight", "onednn"))]
+
+
+QUICK = ["--device", "cpu", "--configs", "5,2,4,8", "--quick", "--no-compile", "--threads", "1"]
+
+
+@pytest.mark.parametrize("pin", [None, "onednn"])
+def test_run_records_the_gemm_backend_each_product_chose_per_config(tmp_path, bench, monkeypatch, pin):
+    run, report, _ = bench
+    fake = FakeCpuGemm()
+    monkeypatch.setitem(sys.modules, "rnnfused.cpu_gemm", fake)
+    run.main(QUICK + ["--configs", "5,2,4,8", "6,2,4,8", "--cell", "both", "--out", str(tmp_path)]
+             + (["--gemm-backend", pin] if pin else []))
+    [json_path] = tmp_path.glob("*.json")
+    assert json_path.name.endswith("-quick" + (f"-gemm-{pin}" if pin else "") + ".json")
+    result = json.loads(json_path.read_text())
+    assert result["cpu_gemm"] == {"requested": pin, "forced": pin, "available": ["onednn", "mkl", "small"],
+                                  "env": os.environ.get("RNNFUSED_CPU_GEMM")}
+    # Pinned before anything is timed; the choices forgotten before, and read after, each config and cell.
+    assert fake.calls == ([("force", pin)] if pin else []) + [("clear",), ("choices",)] * 4
+    entries = result["gemm_choices"]
+    assert [(e["config"]["T"], e["cell"]) for e in entries] == [(5, "lstm"), (5, "gru"), (6, "lstm"), (6, "gru")]
+    for e in entries:
+        assert e["choices"] == fake.choices() and all(set(c) == CHOICE_KEYS for c in e["choices"])
+    table = report.run_table(result, "lstm")
+    header = next(l for l in table.splitlines() if l.startswith("| T×B×I×H |"))
+    assert header.endswith("| peak MiB | rnnfused GEMM backends |")
+    want = f"{pin}: input, recurrent, grad_weight" if pin else "onednn: input, grad_weight; small: recurrent"
+    rows = [l for l in table.splitlines() if l.startswith("| ") and "nn.LSTM" not in l and "variant" not in l]
+    # on the first rnnfused row of each config, nowhere else
+    assert [l for l in rows if l.endswith(f"| {want} |")] == [l for l in rows if l.split("|")[2].strip() == "rnnfused"]
+    assert len([l for l in rows if l.endswith(f"| {want} |")]) == 2
+    if pin:
+        assert f"rnnfused's GEMMs pinned to {pin} (--gemm-backend {pin}" in table
+        assert "GEMMs pinned to onednn" in report.where_label(result)
+    else:
+        assert "measured and chosen per product (auto" in table
+
+
+def test_gemm_backend_pin_that_cannot_be_had_stops_before_measuring(tmp_path, bench, monkeypatch):
+    run, _, _ = bench
+    fake = FakeCpuGemm()
+    fake.available = lambda: ["mkl"]
+    monkeypatch.setitem(sys.modules, "rnnfused.cpu_gemm", fake)
+    with pytest.raises(SystemExit, match="--gemm-backend small: not available"):
+        run.main(QUICK + ["--cell", "lstm", "--gemm-backend", "small", "--out", str(tmp_path)])
+    assert not list(tmp_path.glob("*.json")) and fake.calls == []
+
+
+def test_run_without_cpu_gemm_records_null(tmp_path, bench, monkeypatch):
+    run, report, _ = bench
+    monkeypatch.setitem(sys.modules, "rnnfused.cpu_gemm", None)          # import raises ImportError
+    run.main(QUICK + ["--cell", "lstm", "--out", str(tmp_path)])
+    [json_path] = tmp_path.glob("*.json")
+    result = json.loads(json_path.read_text())
+    assert result["cpu_gemm"] is None and "rnnfused.cpu_gemm" in result["cpu_gemm_unavailable"]
+    assert [e["choices"] for e in result["gemm_choices"]] == [None]
+    table = report.run_table(result, "lstm")
+    assert "rnnfused GEMM backends |" not in table and "rnnfused's GEMM backends: not recorded (no usable" in table
+    with pytest.raises(SystemExit, match="rnnfused.cpu_gemm cannot be used"):
+        run.main(QUICK + ["--cell", "lstm", "--gemm-backend", "mkl", "--out", str(tmp_path / "pinned")])
+    assert not (tmp_path / "pinned").exists()
+
+
+def _real_cpu_gemm():
+    try:
+        import rnnfused.cpu_gemm as gemm
+        gemm.available()
+        return gemm
+    except Exception as e:  # not built into this rnnfused yet
+        pytest.skip(f"rnnfused.cpu_gemm not usable here: {type(e).__name__}: {e}")
+
+
+def test_run_records_the_real_cpu_gemm_choices(tmp_path, bench):
+    run, report, _ = bench
+    gemm = _real_cpu_gemm()
+    before = gemm.forced()
+    try:
+        run.main(QUICK + ["--cell", "lstm", "--variants", "nn.LSTM", "rnnfused-reg", "--gemm-backend", "auto",
+                          "--out", str(tmp_path / "auto")])
+        [auto] = (tmp_path / "auto").glob("*.json")
+        result = json.loads(auto.read_text())
+        assert result["cpu_gemm"]["requested"] == "auto" and result["cpu_gemm"]["forced"] is None
+        available = result["cpu_gemm"]["available"]
+        [entry] = result["gemm_choices"]
+        assert entry["choices"], "rnnfused-reg ran but no GEMM choice was recorded"
+        for c in entry["choices"]:
+            assert set(c) >= CHOICE_KEYS and c["backend"] in available and c["threads"] == 1
+        assert {"input", "recurrent"} <= {c["product"] for c in entry["choices"]}
+        summary = report.gemm_summary(entry["choices"])
+        assert summary in report.run_table(result, "lstm")
+        # Pinned: every product runs on the pinned backend where it can (MKL can run them all).
+        run.main(QUICK + ["--cell", "lstm", "--variants", "nn.LSTM", "rnnfused-reg", "--gemm-backend", "mkl",
+                          "--out", str(tmp_path / "mkl")])
+        [pinned] = (tmp_path / "mkl").glob("*-gemm-mkl.json")
+        result = json.loads(pinned.read_text())
+        assert result["cpu_gemm"]["forced"] == "mkl"
+        assert {c["backend"] for c in result["gemm_choices"][0]["choices"]} == {"mkl"}
+    finally:
+        gemm.force(before)
+        gemm.clear()  # the choices made while pinned are not the process's own
+
+
+def test_gemm_summary_names_each_backend_with_its_products(bench):
+    _, report, _ = bench
+    c = lambda product, backend, m=4: dict(product=product, m=m, n=8, k=8, dtype="float32", threads=2,
+                                           backend=backend, seconds={})
+    assert report.gemm_summary(None) is None and report.gemm_summary([]) == "–"
+    assert report.gemm_summary([c("input", "onednn"), c("recurrent", "small"), c("grad_input", "onednn")]) == \
+        "onednn: input, grad_input; small: recurrent"
+    # packed input: the recurrent product's batch shrinks, and its choice may change with it
+    assert report.gemm_summary([c("input", "mkl"), c("recurrent", "small", 4), c("recurrent", "small", 3),
+                                c("recurrent", "onednn", 8)]) == \
+        "mkl: input; small: recurrent (2 shapes); onednn: recurrent (1 shape)"
+
+
+def _stat(ms):
+    return {"median": ms, "p25": ms * 0.9, "p75": ms * 1.1, "n": 5}
+
+
+def _kernels_file(path, *, cpu, device, fwdbwd, date, gemm=True, legacy=False):
+    """A CPU results file shaped as run.py writes it: nn.LSTM and rnnfused-reg on len(fwdbwd) configs,
+    rnnfused-reg's fwd+bwd ratio to nn.LSTM at each config as given. `legacy`: as written before the
+    cell, processor and GEMM fields."""
+    rows, choices = [], []
+    for i, r in enumerate(fwdbwd):
+        cfg = {"T": 10 * (i + 1), "B": 2, "I": 8, "H": 8}
+        for name, ratio in (("nn.LSTM", 1.0), ("rnnfused-reg", r)):
+            row = {"config": cfg, "dtype": "float32", "variant": name, "fwd_ms": _stat(2.0 * ratio),
+                   "fwdbwd_ms": _stat(5.0 * ratio), "peak_mem_mb": None, "vs_nn_lstm": {"fwd": ratio, "fwdbwd": ratio}}
+            rows.append(row if legacy else dict(row, cell="lstm"))
+        choices.append({"config": cfg, "cell": "lstm", "choices": [
+            dict(product="input", m=20, n=32, k=8, dtype="float32", threads=2, backend="onednn", seconds={}),
+            dict(product="recurrent", m=2, n=32, k=8, dtype="float32", threads=2, backend="small", seconds={})]})
+    d = dict(kind="kernels", device=device, device_type="cpu", torch="2.13.0+cpu", cuda=None, cudnn=None,
+             commit="0123456789abcdef", date=date, command="python3 benchmarks/run.py --device cpu", threads=2,
+             python="3.11.7", dtype="float32", quick=False, results=rows, skipped=[], nn_lstm_backend="oneDNN",
+             wall_s=1.0, complete=True)
+    if not legacy:
+        d.update(cells=["lstm"], rnnfused="0.1.0", cpu=cpu, torch_cpu={"mkldnn": True, "mkl": True},
+                 cpu_gemm={"requested": None, "forced": None, "available": ["onednn", "mkl", "small"], "env": None},
+                 gemm_choices=choices if gemm else [])
+    path.write_text(json.dumps(d))
+    return str(path)
+
+
+def test_readme_shows_each_processor_apart_and_where_the_claims_hold(tmp_path, bench):
+    _, report, _ = bench
+    proc = report._processor
+    avx2 = _kernels_file(tmp_path / "cpu-amd-epyc-f25m1-avx2-2026-12-05.json", cpu=proc.cpu_info(ZEN3),
+                         device="AMD EPYC", fwdbwd=[0.87, 0.99], date="2026-12-05T00:00:00+00:00")
+    avx512 = _kernels_file(tmp_path / "cpu-amd-epyc-f26m2-avx512-2026-12-06.json", cpu=proc.cpu_info(ZEN5),
+                           device="AMD EPYC", fwdbwd=[0.95, 1.004], date="2026-12-06T00:00:00+00:00")
+    old = _kernels_file(tmp_path / "cpu-intel-xeon-processor-2026-11-22.json", cpu=None,
+                        device="Intel(R) Xeon(R) Processor", fwdbwd=[1.2], date="2026-11-22T00:00:00+00:00",
+                        legacy=True)
+    # Both EPYCs are kept: neither is newer than the other, they are different processors.
+    assert sorted(report.newest([avx2, avx512, old])) == sorted((p, "lstm") for p in (avx2, avx512, old))
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n<!-- perf:begin -->\nold\n<!-- perf:end -->\ntail\n")
+    report.main(["--readme", str(readme), avx2, avx512, old])
+    text = readme.read_text()
+    assert text.startswith("# t\n<!-- perf:begin -->\n") and text.endswith("<!-- perf:end -->\ntail\n")
+    heads = [l for l in text.splitlines() if l.startswith("#### ")]
+    assert heads == [
+        "#### CPU LSTM on AMD EPYC (family 25 model 1, AVX2), 2 threads: time per call, and ratio to nn.LSTM",
+        "#### CPU LSTM on AMD EPYC (family 26 model 2, AVX-512 (VNNI, BF16)), 2 threads: time per call, and ratio to "
+        "nn.LSTM",
+        "#### CPU LSTM on Intel(R) Xeon(R) Processor (ISA unknown), 2 threads: time per call, and ratio to nn.LSTM"]
+    sections = text.split("#### ")
+    # each table says its processor in full, its commit and date under the heading
+    assert "AMD EPYC (AMD family 25 model 1; AVX2, FMA; no AVX-512), 2 threads of 2 cores; torch 2.13.0+cpu; " \
+           "float32; commit 0123456789ab; 2026-12-05" in sections[1]
+    assert "(AMD family 26 model 2; AVX-512 (VNNI, BF16)), 2 threads of 4 cores" in sections[2]
+    assert "2026-12-06" in sections[2]
+    assert "Intel(R) Xeon(R) Processor (ISA unknown: the file predates processor details), 2 threads; " in sections[3]
+    # the GEMM backends per config in the new files; the old one says it has none
+    assert sections[1].count("| onednn: input; small: recurrent |") == 2
+    assert "rnnfused GEMM backends" not in sections[3]
+    assert "rnnfused's GEMM backends: not recorded (the file predates the field)" in sections[3]
+    # the sentence on where the claims hold, worded from the ratios (1.004 is above 1.00×)
+    claims = sections[0]
+    assert ("is no slower than unregularized nn.LSTM in forward+backward at every config timed on "
+            "**AMD EPYC (family 25 model 1, AVX2), 2 threads**.") in claims
+    assert ("It is slower than nn.LSTM at some configs on **AMD EPYC (family 26 model 2, AVX-512 (VNNI, BF16)), "
+            "2 threads** (at 1 of 2 configs, up to 1.004×) and **Intel(R) Xeon(R) Processor (ISA unknown), "
+            "2 threads** (at 1 of 1 configs, up to 1.20×).") in claims
+    assert "- AMD EPYC (family 25 model 1, AVX2), 2 threads (2026-12-05, commit 0123456789ab): " \
+           "forward+backward: LSTM at 2 of 2 (0.87–0.99× nn.LSTM)" in claims
+    # idempotent: the same files give the same README
+    report.main(["--readme", str(readme), avx2, avx512, old])
+    assert readme.read_text() == text
+
+
+def test_readme_file_without_processor_fields_yields_to_one_with_them(tmp_path, bench):
+    """An old file's 'AMD EPYC' (ISA unknown) is left out of the README's default choice once a file with
+    processor details exists for that model name; another model's old file stays, labeled ISA unknown."""
+    _, report, _ = bench
+    proc = report._processor
+    new = _kernels_file(tmp_path / "new.json", cpu=proc.cpu_info(ZEN3), device="AMD EPYC", fwdbwd=[0.9],
+                        date="2026-12-05T00:00:00+00:00")
+    old_same = _kernels_file(tmp_path / "old-epyc.json", cpu=None, device="AMD EPYC", fwdbwd=[0.9],
+                             date="2026-12-09T00:00:00+00:00", legacy=True)
+    old_other = _kernels_file(tmp_path / "old-xeon.json", cpu=None, device="Intel(R) Xeon(R) Processor",
+                              fwdbwd=[0.9], date="2026-11-22T00:00:00+00:00", legacy=True)
+    assert sorted(report.newest([new, old_same, old_other])) == sorted([(new, "lstm"), (old_other, "lstm")])
+    assert report.newest([old_same]) == [(old_same, "lstm")]
+    # ... and the threads used keep runs apart on the same processor
+    one = _kernels_file(tmp_path / "one.json", cpu=proc.cpu_info(ZEN3), device="AMD EPYC", fwdbwd=[0.9],
+                        date="2026-12-06T00:00:00+00:00")
+    d = json.loads(Path(one).read_text())
+    Path(one).write_text(json.dumps(dict(d, threads=1)))
+    assert sorted(report.newest([new, one])) == sorted([(new, "lstm"), (one, "lstm")])
