@@ -8,6 +8,13 @@ each table shows the mean ± standard deviation over the seeds, and the sentence
 arms seed by seed. The language model's runs also get one learning-curve plot of every seed,
 ``examples/results/demo-learning-curves.png``. Nothing in the section is typed by hand: every figure is a
 field of a results file, and each table says which command, commit, machine and load it came from.
+
+The demo's budget changed from the same epochs for both arms to the same seconds of training: a record
+with ``time_budget_s`` (or ``args.time_budget``) above 0 had the clock, one without had epochs. The note
+under the demo's table says which kind its records are (or that they mix the two) and words itself to
+match: for the clock, the arms' epochs and the ratio of their throughputs (characters per second); for
+epochs, the ratio of their training seconds. Time-budgeted records are plotted against seconds of
+training, the others against the epoch.
 """
 
 from __future__ import annotations
@@ -49,8 +56,15 @@ def seed_of(entry: dict) -> str:
     return entry["result"].get("seed") or entry["name"].rsplit("-s", 1)[-1]
 
 
+# Fields that older records lack, and the field that says the same there: a character-level run's tokens
+# are its characters.
+FALLBACK = {"chars_per_s": "train_tok_per_s", "train_chars": "train_tokens"}
+
+
 def value(entry: dict, key: str) -> float | None:
     v = entry["result"].get(key)
+    if v is None and key in FALLBACK and entry["result"].get("level") == "char":
+        v = entry["result"].get(FALLBACK[key])
     if key == "wall_s" and v is None:
         v = entry.get("wall_s")
     try:
@@ -154,11 +168,71 @@ def time_ratio(arms: dict[str, list[dict]]) -> str:
     """' (rnnfused's regularized arm: 1.01x torch.nn.LSTM's time, ...)', from the recorded training seconds."""
     ours = [v for v in (value(e, "train_s") for e in arms.get("rnnfused", [])) if v is not None]
     theirs = [v for v in (value(e, "train_s") for e in arms.get("torch", [])) if v is not None]
-    if not ours or not theirs:
+    if not ours or not theirs or mean_std(theirs)[0] <= 0:
         return ""
     ratio = mean_std(ours)[0] / mean_std(theirs)[0]
     return (f" (rnnfused's regularized arm: {ratio:.2f}x torch.nn.LSTM's unregularized time, the ratio of "
             f"the mean training seconds)")
+
+
+def throughput_ratio(arms: dict[str, list[dict]]) -> str:
+    """' (rnnfused's regularized arm: 0.98x torch.nn.LSTM's characters per second, ...)', from the records."""
+    ours = [v for v in (value(e, "chars_per_s") for e in arms.get("rnnfused", [])) if v is not None]
+    theirs = [v for v in (value(e, "chars_per_s") for e in arms.get("torch", [])) if v is not None]
+    if not ours or not theirs or mean_std(theirs)[0] <= 0:
+        return ""
+    ratio = mean_std(ours)[0] / mean_std(theirs)[0]
+    return (f" (rnnfused's regularized arm: {ratio:.2f}x torch.nn.LSTM's unregularized training characters per "
+            f"second, the ratio of the mean throughputs)")
+
+
+def time_budget(entry: dict) -> float:
+    """The seconds of training the run was given: the RESULT line's ``time_budget_s``, else its arguments'
+    ``time_budget``; 0 when its budget was epochs (every record made before ``make demo`` had a clock)."""
+    v = value(entry, "time_budget_s")
+    if v is None:
+        v = float((entry.get("args") or {}).get("time_budget") or 0.0)
+    return v
+
+
+def seeds_list(entries: list[dict]) -> str:
+    return ", ".join(dict.fromkeys(seed_of(e) for e in entries))
+
+
+def cores_each(entries: list[dict]) -> str:
+    """'one core each' from the recorded machine's CPU count (demo.py gives each arm half the cores)."""
+    cpus = sorted({e.get("cpus") for e in entries if e.get("cpus")})
+    if len(cpus) != 1:
+        return "half the machine's cores each"
+    n = max(1, cpus[0] // 2)
+    return "one core each" if n == 1 else f"{n} cores each"
+
+
+def demo_budget_note(arms: dict[str, list[dict]]) -> str:
+    """What the recorded demo runs' budget was, worded by the kind of record: the same epochs (the records
+    made before the demo's budget was time), the same seconds, or a mix of the two."""
+    entries = [e for es in arms.values() for e in es]
+    by_epochs = [e for e in entries if not time_budget(e)]
+    by_time = [e for e in entries if time_budget(e)]
+    cores = cores_each(entries)
+    if by_epochs and by_time:
+        return (f"These records mix two budgets, and the means above mix them too: seeds {seeds_list(by_epochs)} "
+                f"had the same epochs for both arms, seeds {seeds_list(by_time)} the same seconds of training "
+                f"({', '.join(sorted({f'{time_budget(e):g} s' for e in by_time}))}); re-record all of them with "
+                f"one budget (`make examples-results`) to compare like with like. The arms train side by side, "
+                f"{cores}{throughput_ratio(arms)}.")
+    if by_epochs:
+        epochs = sorted({e["result"].get("epochs") for e in by_epochs}, key=lambda v: float(v or 0))
+        return (f"The budget of these records is the same {', '.join(epochs)} epochs for both arms, not the same "
+                f"seconds: they were recorded before `make demo` gave each arm the same seconds of training. The "
+                f"arms train side by side, {cores}, and the training-seconds column says what each "
+                f"took{time_ratio(arms)}.")
+    budgets = sorted({time_budget(e) for e in by_time})
+    return (f"The budget is time: {' / '.join(f'{b:g}' for b in budgets)} s of training for each arm (evaluation "
+            f"not counted), side by side, {cores}. Each arm trains as many epochs as fit in its seconds (the "
+            f"epochs column; the epoch the clock ends is cut short and still evaluated) with its learning "
+            f"rate's cosine following its own clock, so a slower arm anneals fully in fewer epochs; the "
+            f"characters-per-second column is each arm's training throughput{throughput_ratio(arms)}.")
 
 
 def plot_learning_curves(arms: dict[str, list[dict]], path: Path) -> bool:
@@ -172,21 +246,25 @@ def plot_learning_curves(arms: dict[str, list[dict]], path: Path) -> bool:
         print("matplotlib is not installed: no learning-curve plot", file=sys.stderr)
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Records with a time budget: x is the seconds of training at each evaluation (where the arms' budgets
+    # end alike); records with an epoch budget: x is the epoch.
+    by_time = all(time_budget(e) for es in arms.values() for e in es)
     for (arm, entries), color in zip(arms.items(), ("tab:blue", "tab:orange")):
         name = LSTM_NAMES[arm]
         for split, style in (("train", "--"), ("valid", "-")):
-            curves = [[h[f"{split}_bpc"] for h in e.get("history") or []] for e in entries]
+            curves = [[(h.get("train_seconds", h["epoch"]) if by_time else h["epoch"], h[f"{split}_bpc"])
+                       for h in e.get("history") or []] for e in entries]
             curves = [c for c in curves if c]
             if not curves:
                 continue
             for c in curves:
-                ax.plot(range(1, len(c) + 1), c, style, color=color, alpha=0.25, linewidth=0.8)
-            n = min(len(c) for c in curves)
-            mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+                ax.plot([x for x, _ in c], [y for _, y in c], style, color=color, alpha=0.25, linewidth=0.8)
+            n = min(len(c) for c in curves)   # the mean over seeds of each epoch's point, as far as all have one
+            mean = [[sum(c[i][j] for c in curves) / len(curves) for i in range(n)] for j in (0, 1)]
             label = "training (dropout on)" if split == "train" else "validation"
-            ax.plot(range(1, n + 1), mean, style, color=color, linewidth=2,
+            ax.plot(mean[0], mean[1], style, color=color, linewidth=2,
                     label=f"{name}: {label}, mean of {len(curves)} seeds")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("seconds of training (evaluation not counted)" if by_time else "epoch")
     ax.set_ylabel("bits per character")
     ax.set_ylim(top=3.0)
     ax.set_title("WikiText-2 characters (char-demo): both arms of `make demo`, every recorded seed", fontsize=9)
@@ -210,25 +288,24 @@ def demo_section(readme_dir: Path, draw: bool) -> list[str]:
         loop = summary_cell(entries, "cell_loop_train_s_est", "{:.0f}") if arm == "rnnfused" else "–"
         rows.append([LSTM_NAMES[arm], outside(e0), in_recurrence(e0), str(len(entries)),
                      summary_cell(entries, "valid_bpc", "{:.3f}"), summary_cell(entries, "test_bpc", "{:.3f}"),
-                     summary_cell(entries, "train_s", "{:.0f}"), loop])
+                     summary_cell(entries, "train_s", "{:.0f}"), summary_cell(entries, "epochs", "{:.1f}"),
+                     summary_cell(entries, "chars_per_s", "{:,.0f}"), loop])
     head = ["LSTM", "outside the LSTM", "inside the recurrence", "seeds", "valid bpc", "test bpc",
-            "training, s", "as an nn.LSTMCell loop, s (estimate)"]
+            "training, s", "epochs", "training chars/s", "as an nn.LSTMCell loop, s (estimate)"]
     commands = [e for entries in arms.values() for e in entries]
     whole = [e for e in commands if e["result"].get("lstm") == "rnnfused"]
     walls = [format(e["wall_s"], ".0f") + (" (from a fresh clone, the extension's build included)"
                                            if e.get("built_extension") else "") for e in whole]
     whole_note = (f"The whole `make demo` (both arms side by side, set-up and plot included) took "
                   f"{', '.join(walls)} s.") if whole else ""
-    epochs = sorted({e["result"].get("epochs") for e in commands})
     parts = ["#### Language model (`make demo`): WikiText-2 characters, `char-demo` preset", "",
              table(rows, head), "",
-             f"Mean ± standard deviation over the recorded seeds; {', '.join(epochs)} epochs each. Both arms share "
+             "Mean ± standard deviation over the recorded seeds. Both arms share "
              "the data (the first 125,000 characters of WikiText-2's training text; validation the first 100,000 "
              "of its validation text; test all of its test text), the model outside the LSTM, the optimizer and "
              "schedule, the batches and the seed; the rates of both were chosen on validation with the same "
              "number of tuning runs (`examples/word_language_model/REGIME.md`). torch.nn.LSTM cannot apply the "
-             "in-recurrence regularizers. The budget is the same epochs for both; the arms train side by side, one "
-             f"core each, and the training-seconds column says what each took{time_ratio(arms)}. The "
+             f"in-recurrence regularizers. {demo_budget_note(arms)} The "
              "nn.LSTMCell-loop column is an estimate from a few timed batches of "
              "the same regularized training, extrapolated, not a run. " + whole_note, "",
              paired_verdict(arms, "test_bpc", "test bits per character", True, "{:.3f}"), "",

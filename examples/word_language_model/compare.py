@@ -54,7 +54,9 @@ def summary(run: dict) -> dict:
                 rise=valid[-1] - valid[best])
 
 
-def sentence(runs: list[dict]) -> str:
+def sentence(runs: list[dict], verdict: bool = True) -> str:
+    """Each run's best validation figure, where it was reached, and its test figure; then (``verdict``)
+    which run has the lower test figure."""
     k = key(runs[0])
     unit = "bits per character" if k == "bpc" else "perplexity"
     fmt = (lambda v: f"{v:.3f}") if k == "bpc" else (lambda v: f"{v:.1f}")
@@ -63,9 +65,11 @@ def sentence(runs: list[dict]) -> str:
         s = summary(run)
         where = f"epoch {s['best_epoch']}" + (f" ({s['best_s']:.0f} s)" if s["best_s"] is not None else "")
         after = (f" and had risen to {fmt(s['last'])} by the end ({s['epochs']} epochs)" if s["rise"] > 0
-                 else f", its last of {s['epochs']} epochs")
+                 else f", its last of {s['epochs']} epochs" if s["epochs"] > 1 else ", its only epoch")
         parts.append(f"{NAMES.get(run['args']['lstm'], run['args']['lstm'])} reached its best validation "
                      f"{fmt(s['best'])} at {where}{after}; its best weights score {fmt(s['test'])} on test")
+    if not verdict:
+        return "; ".join(parts) + "."
     ranked = sorted(runs, key=lambda r: r[f"test_{k}"])
     lead = ranked[1][f"test_{k}"] - ranked[0][f"test_{k}"] if len(ranked) > 1 else 0.0
     first = NAMES.get(ranked[0]["args"]["lstm"], ranked[0]["args"]["lstm"])

@@ -7,7 +7,7 @@ weight tying, gradient clipping, variable-length BPTT, early stopping on validat
     python3 examples/word_language_model/main.py --preset cpu-demo            # ~8 min on 2 CPU cores
     python3 examples/word_language_model/main.py --preset cpu-demo --lstm torch   # same, torch.nn.LSTM
     python3 examples/word_language_model/main.py --preset cpu-demo --layer-norm   # layer-normalized LSTM
-    python3 examples/word_language_model/main.py --preset char-demo           # characters, ~5 min on 1 core
+    python3 examples/word_language_model/main.py --preset char-demo           # characters, 250 s of training
     python3 examples/word_language_model/main.py --preset medium --device cuda   # 2x650, GPU-sized
     python3 examples/word_language_model/main.py --preset awd --device cuda      # 3-layer AWD-LSTM size
     python3 examples/word_language_model/main.py --smoke                      # seconds, for CI
@@ -18,6 +18,10 @@ Under ``torchrun`` (its RANK / WORLD_SIZE / LOCAL_RANK variables) each process j
 (gloo on the CPU, nccl on GPUs, one GPU per process), the model is wrapped in DistributedDataParallel and
 each process trains on its share of the batch's columns (``--batch-size`` is the global batch); the
 ranks seed their masks differently (``--seed`` + rank) and only rank 0 prints and writes files.
+
+With ``--time-budget S`` (the ``char-demo`` preset has one) the run trains for S seconds, evaluation not
+counted, as many epochs as fit, and the cosine schedule follows the clock: its progress is the training
+seconds so far over S. ``--epochs N`` given without ``--time-budget`` is a budget of N epochs instead.
 
 Any flag given on the command line overrides the preset. Writes ``runs/<name>/`` (``--out-dir``):
 ``checkpoint.pt`` (after every epoch, for ``--resume``), ``model.pt`` (best weights, for generate.py),
@@ -71,14 +75,18 @@ PRESETS = {
     ),
     # Character level, on a slice of WikiText-2 small enough that an unregularized model overfits within
     # the budget: the first 125,000 characters of train.txt, the first 100,000 of valid.txt (every epoch)
-    # and all of test.txt (once, at the end). 24 epochs (3.0M characters, ~5 min of one quiet core; at
-    # batch 16 the regularized rnnfused.LSTM takes ~17% longer than torch.nn.LSTM), no early stopping: the best
-    # epoch's weights are tested; Adam's rate falls along a cosine. --time-budget S stops on the clock
-    # instead. The rates are each LSTM's choice on validation in REGIME.md (6 runs per arm at 24 epochs):
+    # and all of test.txt (once, at the end). The budget is time: 250 s of training (evaluation not
+    # counted), as many epochs as fit, Adam's rate falling along a cosine that follows the clock, so that
+    # two LSTMs of different speeds get the same seconds and each anneals fully within them. 250 s is what
+    # the 24 epochs the rates were tuned at (REGIME.md) took torch.nn.LSTM with one core per arm on the
+    # 2-core machine of the recorded runs. `--epochs N` alone is the old budget of N epochs (the rate's
+    # cosine over the epochs); `epochs` below is that budget with `--time-budget 0`. No early stopping:
+    # the best epoch's weights are tested. The rates are each LSTM's choice on validation in REGIME.md
+    # (6 runs per arm at 24 epochs):
     # for rnnfused.LSTM locked dropout 0.1 on the input and output, weight drop 0.2 and zoneout 0.05 on c
     # and h; for torch.nn.LSTM (TORCH_RATES) locked dropout 0.3 on both and embedding dropout 0.05.
     "char-demo": dict(
-        char=True, train_chars=125_000, valid_chars=100_000, test_chars=0, time_budget=0.0, time_cell_loop=5,
+        char=True, train_chars=125_000, valid_chars=100_000, test_chars=0, time_budget=250.0, time_cell_loop=5,
         emsize=64, nhid=384, nlayers=1, tied=False, softmax="full", cutoffs=None, batch_size=16, bptt=100,
         eval_batch_size=50, optimizer="adam", lr=5e-3, schedule="cosine", lr_decay=2.0, wdecay=0.0, clip=1.0,
         epochs=24, train_fraction=1.0, patience=1000, dropout=0.1, dropouth=0.0, dropouti=0.1, dropoute=0.0,
@@ -101,6 +109,10 @@ PRESETS = {
         recurrent_dropout=0.0, candidate_dropout=0.0, alpha=2.0, beta=1.0, variable_bptt=True,
     ),
 }
+# Under a time budget without --epochs, the run takes as many epochs as fit, up to this bound. It is only a
+# guard against a run that never uses up its seconds (a corpus too short for a batch): a bound that the
+# clock can reach first would end the faster LSTM early, with its learning rate not yet annealed.
+EPOCHS_UNDER_A_TIME_BUDGET = 1000
 # Where the two LSTMs' rates were tuned separately (REGIME.md), torch.nn.LSTM's own choice: with
 # --lstm torch these replace the preset's (flags given on the command line still win).
 TORCH_RATES = {
@@ -169,15 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float)
     g.add_argument("--schedule", choices=["plateau", "cosine"],
                    help="plateau: divide the rate by --lr-decay when validation does not improve; "
-                        "cosine: anneal it from --lr to --lr * --lr-min-ratio over all epochs")
+                        "cosine: anneal it from --lr to --lr * --lr-min-ratio over all epochs, or over the "
+                        "--time-budget's seconds of training when there is one")
     g.add_argument("--lr-decay", type=float, help="plateau schedule: divide the learning rate by this when validation does not improve (1 = never)")
     g.add_argument("--lr-min-ratio", type=float, default=0.05, help="cosine schedule: the last rate as a fraction of --lr")
     g.add_argument("--wdecay", type=float, help="weight decay")
     g.add_argument("--clip", type=float, help="gradient-norm clipping (0 = none)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--time-budget", type=float, default=0.0,
-                   help="stop training after this many seconds of training, evaluation not counted (0 = none); "
-                        "the epoch it ends in is cut short and evaluated")
+    g.add_argument("--epochs", type=int,
+                   help="the budget in epochs; with a --time-budget the most epochs (default then "
+                        f"{EPOCHS_UNDER_A_TIME_BUDGET}, as many as fit). Given without --time-budget it replaces "
+                        "a preset's time budget")
+    g.add_argument("--time-budget", type=float, default=None,
+                   help="stop training after this many seconds of training, evaluation not counted (0 = none; "
+                        "default the preset's, 0 for most); the epoch it ends in is cut short and evaluated, and "
+                        "the cosine schedule follows the clock")
     g.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
     g.add_argument("--min-delta", type=float, default=0.0, help="early stopping: smallest improvement in valid ppl")
     g.add_argument("--batch-size", type=int)
@@ -204,6 +221,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.set_defaults(softmax="full", cutoffs=None, train_chars=20_000, valid_chars=2_000, test_chars=2_000,
                             bptt=30)
     args = parser.parse_args(argv)
+    if first.time_budget is not None and first.time_budget < 0:
+        parser.error(f"--time-budget must be at least 0, got {first.time_budget:g}")
+    if first.epochs is not None and first.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {first.epochs}")
+    if args.time_budget is None or (first.epochs is not None and first.time_budget is None):
+        args.time_budget = 0.0     # --epochs alone: the budget is those epochs, as before the clock
+    elif args.time_budget and first.epochs is None:
+        args.epochs = EPOCHS_UNDER_A_TIME_BUDGET   # the clock ends the run: as many epochs as fit
     if args.softmax == "adaptive" and args.tied:
         parser.error("--tied needs --softmax full (the adaptive softmax has no single matrix to tie); "
                      "add --no-tied")
@@ -224,7 +249,8 @@ def describe_char(args, corpus, train_rows: int) -> str:
         limit = corpus.limits[split]
         return (f"the first {getattr(corpus, split).numel():,} characters of {split}.txt" if limit
                 else f"all of {split}.txt ({getattr(corpus, split).numel():,} characters)")
-    budget = (f"{args.time_budget:g} s of training (evaluation not counted), at most {args.epochs} epochs"
+    budget = (f"{args.time_budget:g} s of training (evaluation not counted), as many epochs as fit (at most "
+              f"{args.epochs}){', the rate along a cosine over those seconds' if args.schedule == 'cosine' else ''}"
               if args.time_budget else f"{args.epochs} epoch(s) at most")
     unknown = sum(corpus.unknown[s] for s in ("valid", "test"))
     return "\n".join([
@@ -246,13 +272,15 @@ def describe(args, corpus, train_rows: int) -> str:
     softmax = ("full softmax" if args.softmax == "full"
                else f"adaptive softmax (cutoffs {','.join(map(str, args.cutoffs))})")
     passes = args.epochs * tokens_per_epoch / corpus.train.numel()
+    budget = (f"{args.time_budget:g} s of training (evaluation not counted), as many epochs as fit (at most "
+              f"{args.epochs})" if args.time_budget else f"{args.epochs} epoch(s) at most")
     lines = [f"{args.config}: {args.nlayers}-layer {'LN-' if args.layer_norm else ''}LSTM ({args.lstm}), emsize {args.emsize}, nhid {args.nhid}, "
              f"{'tied' if args.tied else 'untied'} weights, {softmax}, vocabulary {len(corpus.dictionary):,} (full).",
-             f"training: {args.epochs} epoch(s) at most, ~{tokens_per_epoch:,} of the {corpus.train.numel():,} "
+             f"training: {budget}, ~{tokens_per_epoch:,} of the {corpus.train.numel():,} "
              f"training tokens per epoch"
              + ("" if tokens_per_epoch >= corpus.train.numel() - args.batch_size
-                else f" (consecutive slices, wrapping around: {passes:.2g} passes over the training set "
-                     "in all epochs)") + "."]
+                else " (consecutive slices, wrapping around" + ("" if args.time_budget else
+                     f": {passes:.2g} passes over the training set in all epochs") + ")") + "."]
     if args.max_eval_tokens:
         lines.append(f"evaluation: only the first {args.max_eval_tokens:,} tokens of valid and test (smoke).")
     else:
@@ -290,6 +318,15 @@ def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def from_rank0(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every process (``value`` itself in a single process)."""
+    if not distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, 0)
+    return t.item()
 
 
 def gather_from_ranks(obj) -> list:
@@ -349,25 +386,44 @@ def fmt_metric(args, value: float) -> str:
     return f"{value:.3f}" if args.char else f"{value:.0f}"
 
 
-def scheduled_lr(args, base_lr: float, progress: float) -> float:
-    """The learning rate after ``progress`` epochs (a float: 2.5 is half-way through the third).
+def schedule_fraction(args, progress: float, train_seconds: float | None = None) -> float:
+    """How far through its budget the run is, from 0 to 1, for the cosine schedule.
+
+    ``progress`` is the epochs done (a float: 2.5 is half-way through the third), ``train_seconds`` the
+    seconds of training done (evaluation not counted). Without a ``--time-budget`` the fraction is
+    ``progress / --epochs``. With one it is ``train_seconds / --time-budget``: the schedule follows the
+    clock, so a slower LSTM anneals fully within the same seconds as a faster one, in fewer epochs. (If
+    ``--epochs`` was also given and is nearer its end, that fraction: the rate reaches its floor at
+    whichever limit ends the run.)
+    """
+    frac = progress / args.epochs
+    if args.time_budget and train_seconds is not None:
+        frac = max(frac, train_seconds / args.time_budget)
+    return min(1.0, max(0.0, frac))
+
+
+def scheduled_lr(args, base_lr: float, progress: float, train_seconds: float | None = None) -> float:
+    """The learning rate after ``progress`` epochs and ``train_seconds`` seconds of training.
 
     ``plateau``: ``base_lr``, the optimizer's rate, which the epoch loop divides by ``--lr-decay`` when
     validation does not improve (AWD-LSTM's and PyTorch's example's rule). ``cosine``: from ``--lr`` down
-    to ``--lr * --lr-min-ratio`` over all ``--epochs`` along half a cosine, which suits a short run that
-    never reaches a plateau (Loshchilov & Hutter 2017, without restarts).
+    to ``--lr * --lr-min-ratio`` along half a cosine over the run's budget (``schedule_fraction``: all
+    ``--epochs``, or the ``--time-budget``'s seconds), which suits a short run that never reaches a
+    plateau (Loshchilov & Hutter 2017, without restarts).
     """
     if args.schedule == "cosine":
-        frac = min(1.0, max(0.0, progress / args.epochs))
+        frac = schedule_fraction(args, progress, train_seconds)
         return args.lr * (args.lr_min_ratio + (1.0 - args.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
     return base_lr
 
 
 def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progress: bool,
-                time_left: float | None = None):
+                train_seconds: float = 0.0):
     """One epoch; ``step`` is ``LossStep(model)``, wrapped in DistributedDataParallel under torchrun.
-    ``time_left``: seconds of training left in the run's budget; the epoch stops after the batch that
-    uses them up. Returns this process's mean loss and token count, and whether the budget ran out."""
+    ``train_seconds``: the seconds of training before this epoch. With a ``--time-budget`` the epoch stops
+    after the batch that uses the budget up, and the learning rate follows the clock (``scheduled_lr``).
+    Under torchrun rank 0's clock decides both, so that every process takes the same steps at the same
+    rates. Returns this process's mean loss and token count, and whether the budget ran out."""
     model.train()
     start, end = epoch_window(train_data.size(0), args.train_fraction, epoch)
     batch_size = train_data.size(1)
@@ -379,11 +435,12 @@ def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progr
         total = min(total, args.max_batches * (args.bptt + 20) * batch_size)
     bar = ProgressBar(total=total, desc=f"epoch {epoch}", enabled=show_progress)
     started, out_of_time = time.time(), False
+    clock = train_seconds      # seconds of training before this batch (rank 0's under torchrun)
     for i, seq_len in bptt_schedule(start, end, args.bptt, args.variable_bptt, rng):
         if args.max_batches and batches >= args.max_batches:
             break
         data, targets = get_batch(train_data, i, seq_len)
-        lr = scheduled_lr(args, base_lr, epoch - 1 + (i - start) / max(1, end - 1 - start))
+        lr = scheduled_lr(args, base_lr, epoch - 1 + (i - start) / max(1, end - 1 - start), clock)
         # AWD-LSTM: scale the step to the window's length, so short windows don't count as much per token.
         optimizer.param_groups[0]["lr"] = lr * seq_len / args.bptt
         hidden = repackage_hidden(hidden)
@@ -403,12 +460,13 @@ def train_epoch(model, step, optimizer, train_data, epoch, args, rng, show_progr
             mean = total_loss / total_tokens
             bar.set_postfix(**{"loss": f"{mean:.3f}", metric_name(args): fmt_metric(args, metric(args, mean)),
                                "lr": f"{lr:.3g}"})
-        if time_left is not None:
-            # Under torchrun every process must take the same number of steps: rank 0's clock decides.
-            done = torch.tensor([float(time.time() - started >= time_left)])
+        if args.time_budget:
+            # Under torchrun every process must take the same steps at the same rates: rank 0's clock decides.
+            elapsed = torch.tensor([time.time() - started], dtype=torch.float64, device=train_data.device)
             if distributed():
-                torch.distributed.broadcast(done, 0)
-            if done.item():
+                torch.distributed.broadcast(elapsed, 0)
+            clock = train_seconds + elapsed.item()
+            if clock >= args.time_budget:
                 out_of_time = True
                 break
     optimizer.param_groups[0]["lr"] = base_lr
@@ -556,10 +614,9 @@ def main(argv=None) -> dict:
         if stopper.should_stop or out_of_time:
             break
         t0 = time.time()
-        time_left = args.time_budget - train_seconds if args.time_budget else None
         train_loss, tokens, out_of_time = train_epoch(model, step, optimizer, train_data, epoch, args, rng,
-                                                      show_progress, time_left)
-        train_time = time.time() - t0
+                                                      show_progress, train_seconds)
+        train_time = from_rank0(time.time() - t0, device)   # one clock for every process's schedule
         loss_sum, tokens = sum_over_ranks([train_loss * tokens, tokens], device)
         train_loss, tokens = loss_sum / max(tokens, 1), int(tokens)
         train_tokens_seen += tokens
@@ -569,7 +626,7 @@ def main(argv=None) -> dict:
         valid_metric = metric(args, valid_loss)
         improved = stopper.is_improvement(valid_metric)
         stopper.step(valid_metric, model)
-        lr = scheduled_lr(args, optimizer.param_groups[0]["lr"], epoch)   # the rate the epoch ended with
+        lr = scheduled_lr(args, optimizer.param_groups[0]["lr"], epoch, train_seconds)   # the rate it ended with
         history.append(dict(epoch=epoch, train_loss=train_loss, train_ppl=math.exp(train_loss),
                             valid_loss=valid_loss, valid_ppl=math.exp(valid_loss), lr=lr, train_tokens=tokens,
                             train_tok_per_s=tokens / train_time, train_s=train_time, valid_s=time.time() - t1,
@@ -578,7 +635,7 @@ def main(argv=None) -> dict:
             history[-1].update(train_bpc=metric(args, train_loss), valid_bpc=valid_metric)
         print(f"epoch {epoch:3d} | train {name} {metric(args, train_loss):8.3f} | valid {name} {valid_metric:8.3f}"
               f"{' *' if improved else '  '} | lr {lr:.3g} | {tokens / train_time:,.0f} tok/s | "
-              f"train {train_time:.0f}s, valid {time.time() - t1:.0f}s", flush=True)
+              f"train {train_time:.0f}s ({train_seconds:.1f}s in all), valid {time.time() - t1:.0f}s", flush=True)
         if args.schedule == "plateau" and not improved and args.lr_decay > 1.0 and not stopper.should_stop:
             for group in optimizer.param_groups:
                 group["lr"] /= args.lr_decay
@@ -596,6 +653,7 @@ def main(argv=None) -> dict:
             print(f"time budget: {train_seconds:.0f} s of training (--time-budget {args.time_budget:g}) used up "
                   f"during epoch {epoch}")
 
+    stopped_by = "time_budget" if out_of_time else "early_stopping" if stopper.should_stop else "epochs"
     if stopper.restore(model):
         best_epoch = history[stopper.best_step - 1]["epoch"] if history else None
         print(f"restored the best weights (epoch {best_epoch}, valid {name} {stopper.best:.3f})")
@@ -616,7 +674,8 @@ def main(argv=None) -> dict:
         return dict(**metrics, wall_s=wall_s)
     with open(out_dir / "history.json", "w") as f:
         json.dump(dict(args=vars(args), history=history, **metrics, wall_s=wall_s, train_seconds=train_seconds,
-                       train_tokens_seen=train_tokens_seen, processes=world, torch=torch.__version__), f, indent=1)
+                       train_tokens_seen=train_tokens_seen, stopped_by=stopped_by, processes=world,
+                       torch=torch.__version__), f, indent=1)
     plot = out_dir / "learning_curve.png"
     title = (f"WikiText-2{' characters' if args.char else ''}, {args.config}, {args.lstm} "
              f"{'LN-' if args.layer_norm else ''}LSTM: test {name} {fmt_metric(args, test_value) if args.char else f'{test_value:.1f}'}")
@@ -630,6 +689,8 @@ def main(argv=None) -> dict:
     print(f"RESULT example=word_language_model preset={args.config} lstm={args.lstm} "
           f"layer_norm={int(args.layer_norm)} level={'char' if args.char else 'word'} seed={args.seed} epochs={len(history)} "
           f"train_tokens={train_tokens_seen} train_s={train_seconds:.1f} train_tok_per_s={tok_s:.0f} "
+          + (f"train_chars={train_tokens_seen} chars_per_s={tok_s:.0f} " if args.char else "")
+          + f"time_budget_s={args.time_budget:g} max_epochs={args.epochs} stopped_by={stopped_by} "
           + " ".join(f"{k}={v:.{digits}f}" for k, v in metrics.items())
           + (f" cell_loop_train_s_est={cell_loop:.1f}" if cell_loop else "")
           + f" wall_s={wall_s:.1f} cpu_s={time.process_time():.1f} "
