@@ -23,11 +23,6 @@ constexpr std::array<const char*, kProducts> kProductNames = {
     "grad_input", "grad_weight"};
 constexpr int kAuto = -1;
 
-bool per_step(Product product) {
-  return product == Product::kRecurrent || product == Product::kProjection ||
-         product == Product::kRecurrentBackward || product == Product::kProjectionBackward;
-}
-
 int parse_backend(const std::string& text, const char* what) {
   if (text.empty() || text == "auto") return kAuto;
   for (int b = 0; b < kBackends; ++b) {
@@ -107,8 +102,28 @@ int64_t next_power_of_two(int64_t x) {
   return p;
 }
 
+// The small kernel on a product with a row-major A and a B that is row-major either way round (a
+// weight or its transpose): B packed for this one call.
+at::Tensor small_mm(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  const bool trans_b = b.stride(1) != 1;
+  TORCH_INTERNAL_ASSERT(a.stride(1) == 1 && (trans_b ? b.stride(0) == 1 : true));
+  const FixedRightOperand<float> op(Backend::kSmall, trans_b, m, n, k, b.data_ptr<float>(),
+                                    trans_b ? b.stride(1) : b.stride(0));
+  at::Tensor c = at::empty({m, n}, a.options());
+  op.gemm(m, a.data_ptr<float>(), a.stride(0), 0.f, c.data_ptr<float>(), n);
+  return c;
+}
+
 at::Tensor run_mm(Backend backend, const at::Tensor& a, const at::Tensor& b) {
-  if (backend == Backend::kOneDnn) return onednn::linear(a, b.t());
+  switch (backend) {
+    case Backend::kOneDnn:
+      return onednn::linear(a, b.t());
+    case Backend::kSmall:
+      return small_mm(a, b);
+    case Backend::kMkl:
+      break;
+  }
   return at::mm(a, b);
 }
 
@@ -123,8 +138,8 @@ bool runs(Backend backend, Product product) {
       return onednn::available();
     case Backend::kMkl:
       return true;
-    case Backend::kSmall:
-      return per_step(product) && small_gemm::supported();
+    case Backend::kSmall:  // not the weight gradients: their A is a transposed view
+      return product != Product::kGradWeight && small_gemm::supported();
   }
   return false;
 }
@@ -165,6 +180,9 @@ Backend choose(Product product, int64_t m, int64_t n, int64_t k, const Prepare& 
 
 at::Tensor mm(Product product, const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != at::kFloat || a.numel() == 0 || b.numel() == 0) return at::mm(a, b);
+  // The small kernel reads A by rows and B by rows or columns (the callers' operands are).
+  TORCH_INTERNAL_ASSERT(product == Product::kGradWeight || a.stride(1) == 1);
+  TORCH_INTERNAL_ASSERT(product == Product::kGradWeight || b.stride(0) == 1 || b.stride(1) == 1);
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   // The size that is T * B, or a packed batch's rows (a weight gradient's depth, the others'
   // rows), varies from call to call: the choice holds for it up to the next power of two, and is

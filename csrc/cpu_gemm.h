@@ -57,7 +57,8 @@ const char* name(Product product);
 
 // Whether this process can run `backend` for products of this kind: oneDNN where torch has it
 // (and torch.backends.mkldnn.enabled), MKL always (torch's BLAS, at::mm without its symbols), the
-// small kernel for the loop's products on processors with AVX2 and FMA.
+// small kernel on processors with AVX2 and FMA for every product but the weight gradients (whose
+// left operand is a transposed view it does not read).
 bool runs(Backend backend, Product product);
 
 // Prepares one call of the product on `backend` for timing: returns the call.

@@ -14,8 +14,8 @@ largest input and weight-gradient products); later calls reuse the choice.
         ...
 
 The environment variable ``RNNFUSED_CPU_GEMM`` (``auto``, ``onednn``, ``mkl`` or ``small``) pins one
-backend for a whole process. A pinned backend that cannot run a product (``small`` for the products
-before and after the loop, ``onednn`` on a torch without it) leaves that product to MKL. float64
+backend for a whole process. A pinned backend that cannot run a product (``small`` for the weight
+gradients, ``onednn`` on a torch without it) leaves that product to MKL. float64
 products always run through MKL (torch's BLAS), and CUDA tensors never come here.
 """
 from __future__ import annotations
