@@ -3,6 +3,7 @@
 #include "cpu_gemm.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <array>
 #include <chrono>
@@ -179,6 +180,9 @@ Backend choose(Product product, int64_t m, int64_t n, int64_t k, const Prepare& 
 }
 
 at::Tensor mm(Product product, const at::Tensor& a, const at::Tensor& b) {
+  // Inside the layer op the dtypes are decided: under torch.autocast, at::mm would otherwise
+  // return bfloat16 for these float32 operands.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   if (a.scalar_type() != at::kFloat || a.numel() == 0 || b.numel() == 0) return at::mm(a, b);
   // The small kernel reads A by rows and B by rows or columns (the callers' operands are).
   TORCH_INTERNAL_ASSERT(product == Product::kGradWeight || a.stride(1) == 1);

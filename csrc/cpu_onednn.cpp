@@ -2,6 +2,7 @@
 #include "cpu_onednn.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <optional>
 #include <string_view>
@@ -30,8 +31,12 @@ const Ops& ops() {
     const auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
     if (linear && reorder && linear->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
         reorder->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
-      o.linear = linear->typed<LinearFn>();
-      o.reorder = reorder->typed<ReorderFn>();
+      try {  // a torch whose schemas differ from these (checked with 2.13) has no oneDNN here
+        o.linear = linear->typed<LinearFn>();
+        o.reorder = reorder->typed<ReorderFn>();
+      } catch (const c10::Error&) {
+        o = Ops{};
+      }
     }
     return o;
   }();
@@ -44,11 +49,14 @@ bool available() {
   return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && ops().linear.has_value();
 }
 
+// Called inside the layer ops, whose dtypes are decided: autocast must not recast the operands.
 at::Tensor pack_weight(const at::Tensor& weight, int64_t rows) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return ops().reorder->call(weight, rows);
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return ops().linear->call(x, weight, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
                             std::nullopt);
 }
