@@ -49,6 +49,10 @@ MODES = {"fwd": "forward", "fwdbwd": "forward+backward"}
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 2, 10 rather than 5×10⁻¹
 
 
+
+def _threads(run: dict) -> str:
+    return f"{run['threads']} thread" + ("" if run["threads"] == 1 else "s")
+
 def load(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -88,7 +92,7 @@ def short_commit(run: dict) -> str:
 
 def threads_label(run: dict) -> str:
     cores = (run.get("cpu") or {}).get("cores")
-    return f"{run['threads']} threads" + (f" of {cores} cores" if cores else "")
+    return _threads(run) + (f" of {cores} cores" if cores else "")
 
 
 def where_label(run: dict) -> str:
@@ -98,7 +102,7 @@ def where_label(run: dict) -> str:
     if run["device_type"] != "cpu":
         return run["device"]
     pinned = (run.get("cpu_gemm") or {}).get("forced")
-    return f"{_processor.label(run)}, {run['threads']} threads" + (f", GEMMs pinned to {pinned}" if pinned else "")
+    return f"{_processor.label(run)}, {_threads(run)}" + (f", GEMMs pinned to {pinned}" if pinned else "")
 
 
 def headline(run: dict) -> str:
@@ -106,7 +110,7 @@ def headline(run: dict) -> str:
     if run["device_type"] == "cpu":
         where = f"{_processor.label(run, long=True)}, {threads_label(run)}"
     else:
-        where = run["device"] + (f", CUDA {run['cuda']}" if run.get("cuda") else f", {run['threads']} threads")
+        where = run["device"] + (f", CUDA {run['cuda']}" if run.get("cuda") else f", {_threads(run)}")
     quick = ", --quick" if run.get("quick") else ""
     dtype = run.get("dtype", "float32")
     if run.get("tf32") and dtype == "float32":  # CUDA: TF32 set alike for cuDNN and torch's matmuls

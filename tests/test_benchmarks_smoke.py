@@ -87,7 +87,7 @@ def test_run_writes_results_json_tables_and_plots(tmp_path, bench):
     text = readme.read_text()
     assert text.startswith("# title\n<!-- perf:begin -->\n") and text.endswith("<!-- perf:end -->\ntail\n")
     assert "old text" not in text and f"{stem}.png" in text and f"{stem}-gru.png" in text
-    on = f"on {report._processor.label(result)}, 1 threads"
+    on = f"on {report._processor.label(result)}, 1 thread"
     lstm = text.index(f"#### CPU LSTM {on}: time per call, and ratio to nn.LSTM")
     gru = text.index(f"#### CPU GRU {on}:")
     assert lstm < gru and "| nn.LSTM |" in text[lstm:gru] and "| nn.GRU |" in text[gru:]
