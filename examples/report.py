@@ -164,24 +164,29 @@ def paired_verdict(arms: dict[str, list[dict]], key: str, what: str, lower_is_be
             f"significance test.")
 
 
+def _mean_ratio(arms: dict[str, list[dict]], key: str) -> float | None:
+    """The rnnfused arm's mean of a recorded field over the torch arm's, or None without both."""
+    ours = [v for v in (value(e, key) for e in arms.get("rnnfused", [])) if v is not None]
+    theirs = [v for v in (value(e, key) for e in arms.get("torch", [])) if v is not None]
+    if not ours or not theirs or mean_std(theirs)[0] <= 0:
+        return None
+    return mean_std(ours)[0] / mean_std(theirs)[0]
+
+
 def time_ratio(arms: dict[str, list[dict]]) -> str:
     """' (rnnfused's regularized arm: 1.01x torch.nn.LSTM's time, ...)', from the recorded training seconds."""
-    ours = [v for v in (value(e, "train_s") for e in arms.get("rnnfused", [])) if v is not None]
-    theirs = [v for v in (value(e, "train_s") for e in arms.get("torch", [])) if v is not None]
-    if not ours or not theirs or mean_std(theirs)[0] <= 0:
+    ratio = _mean_ratio(arms, "train_s")
+    if ratio is None:
         return ""
-    ratio = mean_std(ours)[0] / mean_std(theirs)[0]
     return (f" (rnnfused's regularized arm: {ratio:.2f}x torch.nn.LSTM's unregularized time, the ratio of "
             f"the mean training seconds)")
 
 
 def throughput_ratio(arms: dict[str, list[dict]]) -> str:
     """' (rnnfused's regularized arm: 0.98x torch.nn.LSTM's characters per second, ...)', from the records."""
-    ours = [v for v in (value(e, "chars_per_s") for e in arms.get("rnnfused", [])) if v is not None]
-    theirs = [v for v in (value(e, "chars_per_s") for e in arms.get("torch", [])) if v is not None]
-    if not ours or not theirs or mean_std(theirs)[0] <= 0:
+    ratio = _mean_ratio(arms, "chars_per_s")
+    if ratio is None:
         return ""
-    ratio = mean_std(ours)[0] / mean_std(theirs)[0]
     return (f" (rnnfused's regularized arm: {ratio:.2f}x torch.nn.LSTM's unregularized training characters per "
             f"second, the ratio of the mean throughputs)")
 
