@@ -257,7 +257,10 @@ def test_demo_budget_lines_give_each_arms_seconds_epochs_characters_and_throughp
     faster = demo.throughput_sentence(_arms(dict(chars_per_s="13200"), dict(chars_per_s="12000")))
     assert "1.10 (training characters per second; rnnfused.LSTM got through 10% more" in faster
     same = demo.throughput_sentence(_arms(dict(chars_per_s="12000"), dict(chars_per_s="12000")))
-    assert "1.00 (training characters per second; the two got through the same characters per second)" in same
+    assert ("1.00 (training characters per second; the two got through the same characters per second, within "
+            "half a percent)") in same
+    near = demo.throughput_sentence(_arms(dict(chars_per_s="12040"), dict(chars_per_s="12000")))
+    assert "the same characters per second, within half a percent" in near   # not "0% more"
     # An epoch budget (--epochs without --time-budget): the same epochs, different seconds, said so.
     by_epochs = _arms(dict(time_budget_s="0", train_s="300.0", chars_per_s="10000"),
                       dict(time_budget_s="0", train_s="250.0", chars_per_s="12000", stopped_by="epochs",

@@ -229,12 +229,12 @@ def throughput_sentence(results: dict) -> str:
     if min(rates) <= 0 or min(times) <= 0:   # printed to 0.1 s: a smoke run's times can round to 0
         return "Throughput: too short to compare (a training time rounds to 0 s)."
     ratio = rates[0] / rates[1]
-    if rates[0] > rates[1]:
+    if abs(ratio - 1) < 0.005:   # what a whole percent would print as 0%
+        how = "the two got through the same characters per second, within half a percent"
+    elif rates[0] > rates[1]:
         how = f"rnnfused.LSTM got through {ratio - 1:.0%} more characters per second"
-    elif rates[0] < rates[1]:
-        how = f"torch.nn.LSTM got through {1 / ratio - 1:.0%} more characters per second"
     else:
-        how = "the two got through the same characters per second"
+        how = f"torch.nn.LSTM got through {1 / ratio - 1:.0%} more characters per second"
     text = (f"Throughput ratio, regularized rnnfused.LSTM to unregularized torch.nn.LSTM: {ratio:.2f} "
             f"(training characters per second; {how}")
     if not time_budget(results):
