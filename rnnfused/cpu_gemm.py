@@ -17,6 +17,10 @@ The environment variable ``RNNFUSED_CPU_GEMM`` (``auto``, ``onednn``, ``mkl`` or
 backend for a whole process. A pinned backend that cannot run a product (``small`` for the weight
 gradients, ``onednn`` on a torch without it) leaves that product to MKL. float64
 products always run through MKL (torch's BLAS), and CUDA tensors never come here.
+
+Reproducibility: the libraries sum in different orders, so a float32 result can differ in its last
+bits between two processes whose timings chose differently (two backends within a few percent of
+each other can swap under load). Pin one (``RNNFUSED_CPU_GEMM``) where runs must match bit for bit.
 """
 from __future__ import annotations
 
