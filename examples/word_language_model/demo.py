@@ -1,7 +1,7 @@
 """``make demo``: what the in-recurrence regularizers buy, shown by training the same character-level
 language model twice with the same budget of training seconds, side by side.
 
-    python3 examples/word_language_model/demo.py                   # 250 s of training per arm, ~8 min on 2 cores
+    python3 examples/word_language_model/demo.py                   # 250 s of training per arm, ~6 min on 2 cores
     python3 examples/word_language_model/demo.py --seed 2          # another seed
     python3 examples/word_language_model/demo.py --time-budget 60  # a quick look (not the tuned budget)
     python3 examples/word_language_model/demo.py --epochs 24       # the old budget: the same epochs, not seconds
