@@ -30,7 +30,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 endif
 
-.PHONY: venv deps build-deps test-deps build test demo wheel test-wheel print-python \
+.PHONY: venv deps build-deps test-deps build test test-cuda-sim demo wheel test-wheel print-python \
 	examples-results bench-cpu perf-readme clean
 
 venv:
@@ -69,6 +69,13 @@ else
 test: deps build
 	$(PY) -m pytest -q tests
 endif
+
+# The CUDA kernels run on the CPU in the simulated CUDA execution model (SPEC §8): CMake builds the
+# test-only module rnnfused_cuda_sim (and rnnfused._C) with ASan/UBSan into build/sanitize, and
+# tests/test_cuda_sim.py checks the simulated ops against the CPU op under the three thread orders.
+# No GPU needed; CI runs it (in .ci/sanitize_check.sh); a user's install never builds it.
+test-cuda-sim: deps
+	RNNFUSED_SANITIZE_TESTS=tests/test_cuda_sim.py PYTHON=$(PY) bash .ci/sanitize_check.sh
 
 # Trains the character-level language model twice side by side, rnnfused.LSTM with in-recurrence
 # regularization and torch.nn.LSTM with its best, one core each; `make demo SEED=2` for another seed.

@@ -6,6 +6,11 @@
 # out-of-bounds read or write, a use after free or undefined behaviour in the kernels stops the run
 # with a report.
 #
+# The same build makes the CUDA simulator's test module (-DRNNFUSED_CUDA_SIM=ON, SPEC §8): the CUDA
+# driver and kernels compiled by the host compiler, under the same sanitizers, and
+# tests/test_cuda_sim.py runs them against the CPU op under the three thread orders (`make
+# test-cuda-sim` runs that file alone: RNNFUSED_SANITIZE_TESTS=tests/test_cuda_sim.py).
+#
 # -O1 -g1: the usual optimization for ASan, and line tables only; it compiles in under half the time of
 # -O2 -g. Python itself is not built with ASan, so the ASan runtime is preloaded (LD_PRELOAD) to come
 # first; leak detection is off (the interpreter and torch keep memory until exit on purpose). Set
@@ -15,19 +20,22 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 python=$(command -v "${PYTHON:-python3}")
 build=${RNNFUSED_SANITIZE_BUILD:-build/sanitize}
-tests=${RNNFUSED_SANITIZE_TESTS:-tests/test_layer_vs_reference.py tests/test_properties.py tests/test_gradcheck.py}
+tests=${RNNFUSED_SANITIZE_TESTS:-tests/test_layer_vs_reference.py tests/test_properties.py tests/test_gradcheck.py tests/test_cuda_sim.py}
 start=$(date +%s)
 
 mkdir -p "$build"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE= -DCMAKE_CXX_FLAGS="-O1 -g1" -DRNNFUSED_SANITIZE=ON \
-  -DPython3_EXECUTABLE="$python" >"$build.log" 2>&1 || { cat "$build.log"; exit 1; }
+  -DRNNFUSED_CUDA_SIM=ON -DPython3_EXECUTABLE="$python" >"$build.log" 2>&1 || { cat "$build.log"; exit 1; }
 cmake --build "$build" -j "$(nproc)" >>"$build.log" 2>&1 || { tail -50 "$build.log"; exit 1; }
 module=$(ls "$build"/rnnfused/_C*.so)
-imports=$(nm -D --undefined-only "$module")
-for runtime in __asan_init __ubsan_handle; do   # the build is instrumented, not just named so
-  grep -q "$runtime" <<<"$imports" || { echo "sanitize_check: FAIL: $module does not call $runtime"; exit 1; }
+sim_module=$(ls "$build"/rnnfused_cuda_sim*.so)
+for so in "$module" "$sim_module"; do
+  imports=$(nm -D --undefined-only "$so")
+  for runtime in __asan_init __ubsan_handle; do   # the build is instrumented, not just named so
+    grep -q "$runtime" <<<"$imports" || { echo "sanitize_check: FAIL: $so does not call $runtime"; exit 1; }
+  done
 done
-echo "sanitize_check: built $module in $(( $(date +%s) - start )) s"
+echo "sanitize_check: built $module and $sim_module in $(( $(date +%s) - start )) s"
 
 # The package's Python files with the sanitized module, in a folder of their own: running from there,
 # `import rnnfused` can only find this build.
@@ -42,6 +50,8 @@ libasan=$("${CXX:-c++}" -print-file-name=libasan.so)
 export LD_PRELOAD="$libasan"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# tests/test_cuda_sim.py loads the simulated CUDA ops from here (and fails if it cannot).
+export RNNFUSED_CUDA_SIM_MODULE=$(realpath "$sim_module")
 cd "$stage"
 "$python" -c "import rnnfused; print('sanitize_check: rnnfused._C from', rnnfused._ops._C.__file__)"
 # shellcheck disable=SC2086

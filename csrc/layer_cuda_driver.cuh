@@ -46,16 +46,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <utility>
 
 #include "cell_math.h"
+#include "gpu_runtime.cuh"
 #include "layer.h"
 #include "layer_cuda.h"
 
@@ -63,12 +60,9 @@ namespace rnnfused {
 
 namespace {
 
-constexpr int kThreads = 128;
-
-int64_t num_blocks(int64_t work) {
-  // A grid-stride loop covers whatever a capped grid does not.
-  return std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(1) << 20);
-}
+using gpu::kThreads;
+using gpu::num_blocks;
+using gpu::row_blocks;
 
 #define RNNFUSED_GRID_STRIDE(n, total)                                                        \
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < (total); \
@@ -118,16 +112,15 @@ __global__ void sequence_mask_kernel(scalar_t* __restrict__ scale, int64_t rows,
 SequenceMasks sequence_masks_cuda(const LayerPlan& plan, const at::TensorOptions& opts) {
   SequenceMasks out;
   auto make = [&](MaskKind kind, int64_t rows, int64_t cols) {
-    Tensor scale = at::empty({rows, cols}, opts);
+    Tensor scale = gpu::empty({rows, cols}, opts);
     if (scale.numel() == 0) return scale;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scale.scalar_type(),
                                     "sequence_masks_cuda", [&] {
       const int64_t quads = (cols + 3) / 4;
-      sequence_mask_kernel<scalar_t>
-          <<<num_blocks(rows * quads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              scale.data_ptr<scalar_t>(), rows, cols, plan.stream(kind), plan.seed_on_device,
-              plan.threshold(kind), static_cast<scalar_t>(plan.inv_keep(kind)));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      gpu::launch<sequence_mask_kernel<scalar_t>>(
+          num_blocks(rows * quads), kThreads, 0, gpu::current_stream(), scale.data_ptr<scalar_t>(),
+          rows, cols, plan.stream(kind), plan.seed_on_device, plan.threshold(kind),
+          static_cast<scalar_t>(plan.inv_keep(kind)));
     });
     return scale;
   };
@@ -877,23 +870,17 @@ __global__ void __launch_bounds__(kThreads)
 // Host side: the layer driver
 // ---------------------------------------------------------------------------------------------
 
-void check_cuda_device(const Tensor& input) {
-  TORCH_CHECK_VALUE(input.is_cuda(), "rnnfused: the CUDA kernels need input on a CUDA device, "
-                    "got ", input.device());
-}
-
-// The lengths on the device of the call: one small copy per call, queued on the stream. Staged
-// through pinned memory, because a copy from pageable memory would wait for the stream's work.
+// The lengths on the device of the call: one small copy per call, queued on the stream.
 Tensor device_lengths(const LayerPlan& plan, const c10::optional<Tensor>& lengths,
                       const at::Device& device) {
   if (!plan.has_lengths) return Tensor();
   // A graph would keep reading the pinned buffer of the call it captured, which the allocator may
   // since have handed to someone else: refuse instead of replaying stale lengths.
-  TORCH_CHECK_VALUE(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+  TORCH_CHECK_VALUE(!gpu::stream_capturing(),
                     "rnnfused: lengths cannot be given inside CUDA graph capture (they are checked "
                     "on the host and copied to the device by each call); capture the padded batch "
                     "without lengths, or run variable-length batches eagerly");
-  return lengths->contiguous().pin_memory().to(device, at::kLong, /*non_blocking=*/true);
+  return gpu::to_device_async(*lengths, device);
 }
 
 // Row-major (rows, cols) matrix view of a contiguous buffer at an element offset: the GEMMs of
@@ -910,8 +897,8 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   const LayerPlan plan = plan_forward(kCell, args);
   const Tensor& input = args.input;
   const bool need_workspace = args.need_workspace;
-  check_cuda_device(input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  gpu::check_device(input);
+  const gpu::DeviceGuard guard(input.device());
   const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
   const auto opts = input.options();
   const SequenceMasks seq = sequence_masks_cuda(plan, opts);
@@ -944,41 +931,41 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   }
   xp = xp.view({T, B, G * H});
   // GRU: the recurrent term of the step, Ŵ_hh ĥ_{t-1} + b_hh.
-  Tensor gh = Traits::kSeparateRecurrent && !Traits::kLayerNorm ? at::empty({B, G * H}, opts)
+  Tensor gh = Traits::kSeparateRecurrent && !Traits::kLayerNorm ? gpu::empty({B, G * H}, opts)
                                                                   : Tensor();
   const Tensor b_hh = Traits::kSeparateRecurrent && plan.has_bias ? args.bias_hh->contiguous()
                                                                    : Tensor();
 
-  Tensor output = at::empty({T, B, R}, opts);
+  Tensor output = gpu::empty({T, B, R}, opts);
   Tensor gates, hs, cs, ctil, norm_x, norm_h, norm_c, rstd;
   // Two rolling states suffice when backward will not run.
   const int64_t kept = need_workspace ? T + 1 : 2;
-  hs = at::empty({kept, B, R}, opts);
+  hs = gpu::empty({kept, B, R}, opts);
   hs[0].copy_(args.h0);
   if constexpr (Traits::kHasCell) {
-    cs = at::empty({kept, B, H}, opts);
+    cs = gpu::empty({kept, B, H}, opts);
     cs[0].copy_(*args.c0);
   }
   // The workspace gates have a buffer of their own (not the input term's scratch).
   if (need_workspace) {
-    gates = at::empty({T, B, W * H}, opts);
-    if (plan.zoneout_c() && !Traits::kLayerNorm) ctil = at::empty({T, B, H}, opts);
+    gates = gpu::empty({T, B, W * H}, opts);
+    if (plan.zoneout_c() && !Traits::kLayerNorm) ctil = gpu::empty({T, B, H}, opts);
   }
   // The LN-LSTM's normalized terms: kept for backward, or one step's worth of scratch.
   Tensor ln_gains;  // [γ_ih | γ_hh | γ_c | β_c]
   if constexpr (Traits::kLayerNorm) {
     const LayerNormParams* ln = args.ln;
     ln_gains = flat_layer_norm_params(*ln);
-    rstd = at::empty({T, B, 3}, opts);
+    rstd = gpu::empty({T, B, 3}, opts);
     const int64_t steps = need_workspace ? T : 1;
-    norm_h = at::empty({steps, B, G * H}, opts);
-    norm_c = at::empty({steps, B, H}, opts);
-    if (!need_workspace) gates = at::empty({1, B, W * H}, opts);
+    norm_h = gpu::empty({steps, B, G * H}, opts);
+    norm_c = gpu::empty({steps, B, H}, opts);
+    if (!need_workspace) gates = gpu::empty({1, B, W * H}, opts);
   }
-  Tensor hhat = mh.defined() ? at::empty({2, B, R}, opts) : Tensor();
+  Tensor hhat = mh.defined() ? gpu::empty({2, B, R}, opts) : Tensor();
   if (mh.defined()) hhat[0].copy_(args.h0 * mh);
-  Tensor htil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
-  Tensor hproj = plan.has_proj ? at::empty({B, R}, opts) : Tensor();
+  Tensor htil = plan.has_proj ? gpu::empty({B, H}, opts) : Tensor();
+  Tensor hproj = plan.has_proj ? gpu::empty({B, R}, opts) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "layer_forward_cuda", [&] {
@@ -989,17 +976,14 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
     scalar_t* gates_p = ptr_or_null<scalar_t>(gates);  // null without workspace
     scalar_t* ctil_p = ptr_or_null<scalar_t>(ctil);    // null without zoneout on c
     const StepMaskParams<acc_t> mp(plan);
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const gpu::Stream stream = gpu::current_stream();
     const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
     const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
-    const int64_t sample_blocks = std::min<int64_t>(B, 65535);
+    const int64_t sample_blocks = row_blocks(B);
     if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every t, in place
-      if (T * B > 0) {
-        ln_rows_kernel<scalar_t, acc_t>
-            <<<std::min<int64_t>(T * B, 65535), kThreads, 0, stream>>>(
-                xp.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+      gpu::launch<ln_rows_kernel<scalar_t, acc_t>>(row_blocks(T * B), kThreads, 0, stream,
+                                                   xp.data_ptr<scalar_t>(),
+                                                   rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
       if (need_workspace) norm_x = xp;
     }
 
@@ -1048,25 +1032,17 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
             Traits::kLayerNorm ? norm_c.data_ptr<scalar_t>() + at_t * B * H : nullptr,
             Traits::kLayerNorm ? rstd.data_ptr<scalar_t>() + t * B * 3 : nullptr};
         if constexpr (Traits::kLayerNorm) {
-          if (sample_blocks > 0) {
-            ln_forward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>
-                <<<sample_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          }
-        } else if (cell_blocks > 0) {
-          forward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>
-              <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          gpu::launch<ln_forward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
+              sample_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
+        } else {
+          gpu::launch<forward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
+              cell_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
         }
         if constexpr (kCanProject<kCell>) {
           if (plan.has_proj) {
             at::mm_out(hproj, htil, w_hr_t);  // W_hr h̃
-            if (state_blocks > 0) {
-              forward_projected_state_kernel<scalar_t, acc_t, kZoneH>
-                  <<<state_blocks, kThreads, 0, stream>>>(step, hproj.data_ptr<scalar_t>(), mp,
-                                                          t, B, R);
-              C10_CUDA_KERNEL_LAUNCH_CHECK();
-            }
+            gpu::launch<forward_projected_state_kernel<scalar_t, acc_t, kZoneH>>(
+                state_blocks, kThreads, 0, stream, step, hproj.data_ptr<scalar_t>(), mp, t, B, R);
           }
         }
       }
@@ -1089,8 +1065,8 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
   constexpr int64_t W = kWorkspaceGates;
   const LayerPlan plan = plan_backward(kCell, args);
   const Tensor& input = args.input;
-  check_cuda_device(input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  gpu::check_device(input);
+  const gpu::DeviceGuard guard(input.device());
   const int64_t T = plan.T, B = plan.B, H = plan.H, R = plan.R;
   const auto opts = input.options();
   // The gradients carried from step to step stay in the compute precision (float for
@@ -1110,15 +1086,15 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
 
   // dL/d(recurrent term) and dL/d(input term), indexed by t: one tensor for the LSTM, whose two
   // terms are summed into a_t; two for the GRU.
-  Tensor da = at::empty({T, B, G * H}, opts);
-  Tensor dgi = Traits::kSeparateRecurrent ? at::empty({T, B, G * H}, opts) : da;
-  Tensor zpart = at::empty({B, R}, acc_opts).copy_(args.grad_h_n);  // dL/dh carried back
-  Tensor dc = Traits::kHasCell ? at::empty({B, H}, acc_opts).copy_(*args.grad_c_n)
+  Tensor da = gpu::empty({T, B, G * H}, opts);
+  Tensor dgi = Traits::kSeparateRecurrent ? gpu::empty({T, B, G * H}, opts) : da;
+  Tensor zpart = gpu::empty({B, R}, acc_opts).copy_(args.grad_h_n);  // dL/dh carried back
+  Tensor dc = Traits::kHasCell ? gpu::empty({B, H}, acc_opts).copy_(*args.grad_c_n)
                                : Tensor();                           // dL/dc carried back
-  Tensor dhhat = at::empty({B, R}, opts);                            // dL/dĥ from step s+1's GEMM
-  Tensor dproj = plan.has_proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
-  Tensor dhtil = plan.has_proj ? at::empty({B, H}, opts) : Tensor();
-  Tensor htil = plan.has_proj ? at::empty({T, B, H}, opts) : Tensor();
+  Tensor dhhat = gpu::empty({B, R}, opts);                            // dL/dĥ from step s+1's GEMM
+  Tensor dproj = plan.has_proj ? gpu::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
+  Tensor dhtil = plan.has_proj ? gpu::empty({B, H}, opts) : Tensor();
+  Tensor htil = plan.has_proj ? gpu::empty({T, B, H}, opts) : Tensor();
   // The LN-LSTM's workspace and parameters; dgi receives dL/da in the loop (the input LN's
   // backward runs after it), dq dL/dq of q = LN(c̃) γ_c + β_c.
   LayerNormSaved saved;
@@ -1127,7 +1103,7 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
     const LayerNormParams* ln = args.ln;
     saved = LayerNormSaved(*args.ln_ws);
     ln_gains = flat_layer_norm_params(*ln);
-    dq = at::empty({T, B, H}, opts);
+    dq = gpu::empty({T, B, H}, opts);
   }
   LayerGrads ln_grads;
 
@@ -1137,10 +1113,10 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
     const scalar_t* cs_p = ptr_or_null<scalar_t>(cs);
     const scalar_t* ctil_p = ptr_or_null<scalar_t>(ctil);
     const StepMaskParams<acc_t> mp(plan);
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const gpu::Stream stream = gpu::current_stream();
     const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
     const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
-    const int64_t sample_blocks = std::min<int64_t>(B, 65535);
+    const int64_t sample_blocks = row_blocks(B);
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = plan.time_of(s);
@@ -1174,25 +1150,18 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
         }
         if constexpr (kCanProject<kCell>) {
           if (plan.has_proj) {
-            if (state_blocks > 0) {
-              backward_projected_state_kernel<scalar_t, acc_t, kZoneH>
-                  <<<state_blocks, kThreads, 0, stream>>>(step, mp, t, B, R);
-              C10_CUDA_KERNEL_LAUNCH_CHECK();
-            }
+            gpu::launch<backward_projected_state_kernel<scalar_t, acc_t, kZoneH>>(
+                state_blocks, kThreads, 0, stream, step, mp, t, B, R);
             // dL/dh̃ = dL/d(W_hr h̃) W_hr
             at::mm_out(dhtil, rows_of(dproj, t * B * R, B, R), w_hr);
           }
         }
         if constexpr (Traits::kLayerNorm) {
-          if (sample_blocks > 0) {
-            ln_backward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>
-                <<<sample_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          }
-        } else if (cell_blocks > 0) {
-          backward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>
-              <<<cell_blocks, kThreads, 0, stream>>>(step, mp, t, B, H, plan.has_proj);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          gpu::launch<ln_backward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
+              sample_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
+        } else {
+          gpu::launch<backward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
+              cell_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
         }
         // dL/dĥ_{s-1} = dL/d(recurrent term)_t Ŵ_hh
         at::mm_out(dhhat, da_t, w_hh);
@@ -1210,13 +1179,10 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
       ln_grads.grad_ln_weight_hh = column_sums(da_all * saved.norm_h.view({T * B, G * H}));
       ln_grads.grad_ln_weight_c = column_sums(dq_all * saved.norm_c.view({T * B, H}));
       ln_grads.grad_ln_bias_c = column_sums(dq_all);
-      if (T * B > 0) {
-        ln_rows_backward_kernel<scalar_t, acc_t>
-            <<<std::min<int64_t>(T * B, 65535), kThreads, 0, stream>>>(
-                dgi.data_ptr<scalar_t>(), saved.norm_x.data_ptr<scalar_t>(),
-                ln_gains.data_ptr<scalar_t>(), saved.rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+      gpu::launch<ln_rows_backward_kernel<scalar_t, acc_t>>(
+          row_blocks(T * B), kThreads, 0, stream, dgi.data_ptr<scalar_t>(),
+          saved.norm_x.data_ptr<scalar_t>(), ln_gains.data_ptr<scalar_t>(),
+          saved.rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
     }
   });
 
