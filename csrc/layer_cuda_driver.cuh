@@ -10,12 +10,14 @@
 // One layer driver, templated over the cell (CellKind, CellTraits in layer.h), does everything
 // the LSTM and the GRU share: the plan, the per-sequence masks, the input GEMM, the per-step
 // recurrent GEMM, the state after each step (zoneout on h, the output, the recurrent-dropped copy
-// ĥ that the next GEMM reads), lengths (at a padded position the state passes through, the output
-// is 0 and the workspace gates are 0), the rolling or full workspace, the split of dL/dh through
-// zoneout in backward and the input and weight gradients after the loop. A cell contributes only
-// its per-unit pointwise step (CudaCell below), which calls cell_math.h and re-derives nothing.
+// ĥ that the next GEMM reads), lengths (as the CPU driver does, batching.h: the samples sorted by
+// length, each step's GEMMs and kernels on the rows still running, the input term and the gate
+// gradients packed; at a padded position the state passes through, the output is 0 and the
+// workspace gates are 0), the rolling or full workspace, the split of dL/dh through zoneout in
+// backward and the input and weight gradients after the loop. A cell contributes only its
+// per-unit pointwise step (CudaCell below), which calls cell_math.h and re-derives nothing.
 //
-// Forward: one GEMM projects the (masked) inputs of all steps into a (T, B, G*H) scratch tensor;
+// Forward: one GEMM projects the (masked) inputs of all steps into an (N, G*H) scratch tensor;
 // per step, one GEMM computes the recurrent term Ŵ_hh ĥ_{t-1} (the LSTM accumulates it into the
 // projection, the GRU writes it with b_hh to a (B, 3H) buffer of its own, since
 // n = tanh(gi_n + r ⊙ gh_n) needs it apart) and one fused pointwise kernel applies the cell with
@@ -51,6 +53,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "batching.h"
 #include "cell_math.h"
 #include "gpu_runtime.cuh"
 #include "layer.h"
@@ -204,8 +207,10 @@ struct QuadMasks {
   }
 };
 
-__device__ __forceinline__ bool is_active(const int64_t* len, int64_t t, int64_t b) {
-  return len == nullptr || t < len[b];
+// The sample that row b of the loop holds: with lengths the rows are sorted by length
+// (batching.h), and every mask is drawn with the sample's own index (SPEC §3).
+__device__ __forceinline__ int64_t sample_of(const int64_t* orig, int64_t b) {
+  return orig != nullptr ? orig[b] : b;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -228,7 +233,7 @@ struct ForwardStep {
   scalar_t* hhat_next;  // (B, R) h ⊙ mh for the next GEMM, or null without recurrent dropout
   const scalar_t* mh;   // (B, R) recurrent-dropout scale, or null
   scalar_t* htil;       // (B, H) LSTM: h̃ for the projection GEMM, or null without projection
-  const int64_t* len;   // (B) on the device, or null
+  const int64_t* orig;  // (B) on the device: the sample of each row (Batching), or null
   // LN-LSTM: pre holds LN(W_ih x̂_t), gh the raw recurrent term (normalized in place)
   const scalar_t* bias;    // (4H) b_ih + b_hh, or null
   const scalar_t* gain_x;  // (4H) γ_ih
@@ -257,7 +262,7 @@ struct BackwardStep {
   scalar_t* dgi;            // (B, G*H) GRU out: dL/d(input term); LSTM: null
   scalar_t* htil;           // (B, H) LSTM out with a projection: h̃ for the W_hr gradient
   scalar_t* dproj;          // (B, R) LSTM out with a projection: dL/d(W_hr h̃)
-  const int64_t* len;
+  const int64_t* orig;
   // LN-LSTM: dgi receives dL/da (before the input term's LN), da dL/d(Ŵ_hh ĥ)
   const scalar_t* norm_h;   // (B, 4H)
   const scalar_t* norm_c;   // (B, H)
@@ -304,19 +309,6 @@ struct CudaCell<CellKind::kLstm> {
     return cell.h_tilde;
   }
 
-  // A padded position: the cell passes through, the workspace gates are 0.
-  template <typename scalar_t>
-  static __device__ __forceinline__ void forward_padded(const ForwardStep<scalar_t>& s, int64_t b,
-                                                        int64_t j, int64_t bj, int64_t H) {
-    const scalar_t c_prev = s.c_prev[bj];
-    s.c_next[bj] = c_prev;
-    if (s.gates != nullptr) {
-      scalar_t* g = s.gates + b * kWorkspaceGates * H;
-      g[j] = g[H + j] = g[2 * H + j] = g[3 * H + j] = scalar_t(0);
-    }
-    if (s.ctil != nullptr) s.ctil[bj] = c_prev;
-  }
-
   // dL/da_t from dL/dh̃; carries dL/dc back through the step.
   template <typename scalar_t, typename acc_t, bool kZoneC>
   static __device__ __forceinline__ void backward(const BackwardStep<scalar_t, acc_t>& s,
@@ -337,16 +329,6 @@ struct CudaCell<CellKind::kLstm> {
     d[H + j] = static_cast<scalar_t>(grad.a_f);
     d[2 * H + j] = static_cast<scalar_t>(grad.a_g);
     d[3 * H + j] = static_cast<scalar_t>(grad.a_o);
-  }
-
-  // A padded position: no gradient reaches the gates; dL/dc passes through unchanged.
-  template <typename scalar_t, typename acc_t>
-  static __device__ __forceinline__ void backward_padded(const BackwardStep<scalar_t, acc_t>& s,
-                                                         int64_t b, int64_t j, int64_t bj,
-                                                         int64_t H) {
-    scalar_t* d = s.da + b * kG * H;
-    d[j] = d[H + j] = d[2 * H + j] = d[3 * H + j] = scalar_t(0);
-    if (s.htil != nullptr) s.htil[bj] = scalar_t(0);
   }
 };
 
@@ -374,15 +356,6 @@ struct CudaCell<CellKind::kGru> {
     return gru_cell_forward<acc_t>(gate, static_cast<acc_t>(s.h_prev[bj]), cand);
   }
 
-  template <typename scalar_t>
-  static __device__ __forceinline__ void forward_padded(const ForwardStep<scalar_t>& s, int64_t b,
-                                                        int64_t j, int64_t /*bj*/, int64_t H) {
-    if (s.gates != nullptr) {
-      scalar_t* g = s.gates + b * kWorkspaceGates * H;
-      g[j] = g[H + j] = g[2 * H + j] = g[3 * H + j] = scalar_t(0);
-    }
-  }
-
   // dL/dgi_t = [dr, dz, da_n] and dL/dgh_t = [dr, dz, da_n r] from dL/dh̃; adds the share of
   // dL/dh_{t-1} that flows through z h_prev directly (the rest comes through the GEMM).
   template <typename scalar_t, typename acc_t, bool kZoneC>
@@ -407,120 +380,129 @@ struct CudaCell<CellKind::kGru> {
     dgh[2 * H + j] = static_cast<scalar_t>(grad.gh_n);
     s.zpart[bj] += grad.h_prev;
   }
-
-  template <typename scalar_t, typename acc_t>
-  static __device__ __forceinline__ void backward_padded(const BackwardStep<scalar_t, acc_t>& s,
-                                                         int64_t b, int64_t j, int64_t /*bj*/,
-                                                         int64_t H) {
-    scalar_t* dgi = s.dgi + b * kG * H;
-    scalar_t* dgh = s.da + b * kG * H;
-    dgi[j] = dgi[H + j] = dgi[2 * H + j] = scalar_t(0);
-    dgh[j] = dgh[H + j] = dgh[2 * H + j] = scalar_t(0);
-  }
 };
 
 // ---------------------------------------------------------------------------------------------
-// Forward kernels
+// Forward kernels. Each runs on the rows [0, rows) of its step, the samples still running (with
+// lengths the loop's rows are sorted by length: batching.h); the others are forward_inactive's.
 // ---------------------------------------------------------------------------------------------
 
 // h_t from h̃_t: zoneout, the output, and the recurrent-dropped copy the next GEMM reads.
 template <typename scalar_t, typename acc_t, bool kZoneH>
-__device__ __forceinline__ void finish_state(const ForwardStep<scalar_t>& s, int64_t br, bool on,
+__device__ __forceinline__ void finish_state(const ForwardStep<scalar_t>& s, int64_t br,
                                              acc_t h_fresh, acc_t zh) {
   const acc_t h_prev = static_cast<acc_t>(s.h_prev[br]);
-  acc_t h = h_prev;
-  if (on) h = kZoneH ? zoneout_mix(h_prev, h_fresh, zh) : h_fresh;
+  const acc_t h = kZoneH ? zoneout_mix(h_prev, h_fresh, zh) : h_fresh;
   const scalar_t stored = static_cast<scalar_t>(h);
   s.h_next[br] = stored;
-  s.out[br] = on ? stored : scalar_t(0);
+  s.out[br] = stored;
   // ĥ from the state as stored (as the CPU does and as backward's weight gradient sees it).
   if (s.mh != nullptr) {
     s.hhat_next[br] = static_cast<scalar_t>(static_cast<acc_t>(stored) * static_cast<acc_t>(s.mh[br]));
   }
 }
 
-// The cell of step t over (B, H). Without a projection it also finishes the state; with one
+// The cell of step t over (rows, H). Without a projection it also finishes the state; with one
 // (LSTM) it leaves h̃ in htil for the projection GEMM.
 template <CellKind kCell, typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
     forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> call_masks, int64_t t,
-                        int64_t B, int64_t H, bool has_proj_) {
+                        int64_t rows, int64_t H, bool has_proj_) {
   [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Cell = CudaCell<kCell>;
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   const bool has_proj = kCanProject<kCell> && has_proj_;
   const int64_t quads = (H + 3) / 4;
-  RNNFUSED_GRID_STRIDE(n, B * quads) {
+  RNNFUSED_GRID_STRIDE(n, rows * quads) {
     const int64_t b = n / quads, q = n % quads;
-    const bool on = is_active(s.len, t, b);
-    const Masks masks = on ? Masks(mp, t, b, q, !has_proj) : Masks();
+    const Masks masks(mp, t, sample_of(s.orig, b), q, !has_proj);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t j = q * 4 + k;
       if (j >= H) break;
       const int64_t bj = b * H + j;
-      if (!on) {
-        Cell::template forward_padded<scalar_t>(s, b, j, bj, H);
-        if (has_proj) {
-          s.htil[bj] = scalar_t(0);
-        } else {
-          finish_state<scalar_t, acc_t, kZoneH>(s, bj, false, acc_t(0), acc_t(0));
-        }
-        continue;
-      }
       const acc_t h_tilde = Cell::template forward<scalar_t, acc_t, kZoneC>(
           s, b, j, bj, H, masks.cand[k], masks.zc[k]);
       if (has_proj) {
         s.htil[bj] = static_cast<scalar_t>(h_tilde);
       } else {
-        finish_state<scalar_t, acc_t, kZoneH>(s, bj, true, h_tilde, masks.zh[k]);
+        finish_state<scalar_t, acc_t, kZoneH>(s, bj, h_tilde, masks.zh[k]);
       }
     }
   }
 }
 
-// The state of step t over (B, P) after the projection GEMM left W_hr h̃ in hproj (LSTM).
+// The state of step t over (rows, P) after the projection GEMM left W_hr h̃ in hproj (LSTM).
 template <typename scalar_t, typename acc_t, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
     forward_projected_state_kernel(ForwardStep<scalar_t> s, const scalar_t* __restrict__ hproj,
-                                   StepMaskParams<acc_t> call_masks, int64_t t, int64_t B,
+                                   StepMaskParams<acc_t> call_masks, int64_t t, int64_t rows,
                                    int64_t R) {
   [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   const int64_t quads = (R + 3) / 4;
-  RNNFUSED_GRID_STRIDE(n, B * quads) {
+  RNNFUSED_GRID_STRIDE(n, rows * quads) {
     const int64_t b = n / quads, q = n % quads;
-    const bool on = is_active(s.len, t, b);
     acc_t zh[4] = {0, 0, 0, 0};
     if constexpr (kZoneH) {
-      if (on) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+      mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, sample_of(s.orig, b), q, zh);
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t r = q * 4 + k;
       if (r >= R) break;
       const int64_t br = b * R + r;
-      finish_state<scalar_t, acc_t, kZoneH>(s, br, on, static_cast<acc_t>(hproj[br]), zh[k]);
+      finish_state<scalar_t, acc_t, kZoneH>(s, br, static_cast<acc_t>(hproj[br]), zh[k]);
     }
   }
 }
 
+// The rows [rows, B) of step t, which have ended (forward direction) or not yet begun (reverse):
+// the state passes through, the output is 0, the workspace rows are 0 (c̃: the cell), and the
+// LN-LSTM's normalized terms of the step are 0 (layer_cpu.cpp's forward_inactive).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_inactive_kernel(ForwardStep<scalar_t> s, int64_t rows, int64_t B, int64_t H,
+                            int64_t R, int64_t GH) {
+  const int64_t left = B - rows;
+  RNNFUSED_GRID_STRIDE(n, left * R) {
+    const int64_t k = rows * R + n;
+    s.h_next[k] = s.h_prev[k];
+    s.out[k] = scalar_t(0);
+    if (s.mh != nullptr) {
+      s.hhat_next[k] = static_cast<scalar_t>(static_cast<at::opmath_type<scalar_t>>(s.h_prev[k]) *
+                                             static_cast<at::opmath_type<scalar_t>>(s.mh[k]));
+    }
+  }
+  RNNFUSED_GRID_STRIDE(n, left * H) {
+    const int64_t k = rows * H + n;
+    if (s.c_next != nullptr) s.c_next[k] = s.c_prev[k];
+    if (s.ctil != nullptr) s.ctil[k] = s.c_prev[k];
+    if (s.norm_c != nullptr) s.norm_c[k] = scalar_t(0);
+  }
+  if (s.gates != nullptr) {
+    RNNFUSED_GRID_STRIDE(n, left * kWorkspaceGates * H) {
+      s.gates[rows * kWorkspaceGates * H + n] = scalar_t(0);
+    }
+  }
+  if (s.norm_c != nullptr) {  // LN-LSTM: the recurrent term the GEMM left unwritten, the rstds
+    RNNFUSED_GRID_STRIDE(n, left * GH) const_cast<scalar_t*>(s.gh)[rows * GH + n] = scalar_t(0);
+    RNNFUSED_GRID_STRIDE(n, left) s.rstd[(rows + n) * 3 + 1] = s.rstd[(rows + n) * 3 + 2] = scalar_t(0);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
-// Backward kernels
+// Backward kernels, on the rows [0, rows) of the step (backward_inactive: the others)
 // ---------------------------------------------------------------------------------------------
 
 // dL/dh_s of the state after step s, split through zoneout on h (layer_cpu.cpp's
-// backward_state). Returns dL/dh̃_s (0 at a padded position, where dL/dh passes through).
+// backward_state). Returns dL/dh̃_s.
 template <typename scalar_t, typename acc_t, bool kZoneH>
 __device__ __forceinline__ acc_t backward_state(const BackwardStep<scalar_t, acc_t>& s,
-                                                int64_t br, bool on, acc_t zh) {
+                                                int64_t br, acc_t zh) {
   acc_t dh = s.zpart[br];
   if (s.dhhat != nullptr) {
     const acc_t d = static_cast<acc_t>(s.dhhat[br]);
     dh += s.mh != nullptr ? d * static_cast<acc_t>(s.mh[br]) : d;
-  }
-  if (!on) {
-    s.zpart[br] = dh;
-    return acc_t(0);
   }
   dh += static_cast<acc_t>(s.dy[br]);
   if constexpr (kZoneH) {
@@ -533,63 +515,67 @@ __device__ __forceinline__ acc_t backward_state(const BackwardStep<scalar_t, acc
   }
 }
 
-// The cell of backward step t over (B, H); without a projection the state pass is fused in.
+// The cell of backward step t over (rows, H); without a projection the state pass is fused in.
 template <CellKind kCell, typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
     backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> call_masks,
-                         int64_t t, int64_t B, int64_t H, bool has_proj_) {
+                         int64_t t, int64_t rows, int64_t H, bool has_proj_) {
   [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Cell = CudaCell<kCell>;
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   const bool has_proj = kCanProject<kCell> && has_proj_;
   const int64_t quads = (H + 3) / 4;
-  RNNFUSED_GRID_STRIDE(n, B * quads) {
+  RNNFUSED_GRID_STRIDE(n, rows * quads) {
     const int64_t b = n / quads, q = n % quads;
-    const bool on = is_active(s.len, t, b);
-    const Masks masks = on ? Masks(mp, t, b, q, !has_proj) : Masks();
+    const Masks masks(mp, t, sample_of(s.orig, b), q, !has_proj);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t j = q * 4 + k;
       if (j >= H) break;
       const int64_t bj = b * H + j;
-      acc_t dh_tilde;
-      if (has_proj) {
-        dh_tilde = on ? static_cast<acc_t>(s.dhtil[bj]) : acc_t(0);
-      } else {
-        dh_tilde = backward_state<scalar_t, acc_t, kZoneH>(s, bj, on, masks.zh[k]);
-      }
-      if (!on) {
-        Cell::template backward_padded<scalar_t, acc_t>(s, b, j, bj, H);
-        continue;
-      }
+      const acc_t dh_tilde = has_proj ? static_cast<acc_t>(s.dhtil[bj])
+                                      : backward_state<scalar_t, acc_t, kZoneH>(s, bj, masks.zh[k]);
       Cell::template backward<scalar_t, acc_t, kZoneC>(s, b, j, bj, H, masks.cand[k],
                                                        masks.zc[k], dh_tilde);
     }
   }
 }
 
-// The state of backward step t with a projection, over (B, P): writes dL/d(W_hr h̃) (LSTM).
+// The state of backward step t with a projection, over (rows, P): writes dL/d(W_hr h̃) (LSTM).
 template <typename scalar_t, typename acc_t, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
     backward_projected_state_kernel(BackwardStep<scalar_t, acc_t> s,
-                                    StepMaskParams<acc_t> call_masks, int64_t t, int64_t B,
+                                    StepMaskParams<acc_t> call_masks, int64_t t, int64_t rows,
                                     int64_t R) {
   [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   const int64_t quads = (R + 3) / 4;
-  RNNFUSED_GRID_STRIDE(n, B * quads) {
+  RNNFUSED_GRID_STRIDE(n, rows * quads) {
     const int64_t b = n / quads, q = n % quads;
-    const bool on = is_active(s.len, t, b);
     acc_t zh[4] = {0, 0, 0, 0};
     if constexpr (kZoneH) {
-      if (on) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+      mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, sample_of(s.orig, b), q, zh);
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t r = q * 4 + k;
       if (r >= R) break;
       const int64_t br = b * R + r;
-      s.dproj[br] = static_cast<scalar_t>(backward_state<scalar_t, acc_t, kZoneH>(s, br, on, zh[k]));
+      s.dproj[br] = static_cast<scalar_t>(backward_state<scalar_t, acc_t, kZoneH>(s, br, zh[k]));
     }
+  }
+}
+
+// The rows [rows, ran) that ran at the step after this one (in processing order) but not at this
+// one (reverse direction only): their state passed through this step, so dL/dh gains the step
+// after's dL/dĥ and nothing else (layer_cpu.cpp's backward_inactive).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_inactive_kernel(BackwardStep<scalar_t, acc_t> s, int64_t rows, int64_t ran,
+                             int64_t R) {
+  RNNFUSED_GRID_STRIDE(n, (ran - rows) * R) {
+    const int64_t k = rows * R + n;
+    const acc_t d = static_cast<acc_t>(s.dhhat[k]);
+    s.zpart[k] += s.mh != nullptr ? d * static_cast<acc_t>(s.mh[k]) : d;
   }
 }
 
@@ -629,15 +615,17 @@ __device__ __forceinline__ acc_t block_normalize_row(scalar_t* v, int64_t n, acc
   return r;
 }
 
-// LN of rows of a (rows, n) tensor in place; rstd[row * 3 + slot] = the row's rstd.
+// LN of rows of a (rows, n) tensor in place; rstd[at(row) * 3 + slot] = the row's rstd, at(row)
+// being at_row[row] for packed rows (Batching::loop_rows), else row.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    ln_rows_kernel(scalar_t* __restrict__ x, scalar_t* __restrict__ rstd, int slot, int64_t rows,
-                   int64_t n) {
+    ln_rows_kernel(scalar_t* __restrict__ x, scalar_t* __restrict__ rstd,
+                   const int64_t* __restrict__ at_row, int slot, int64_t rows, int64_t n) {
   __shared__ acc_t shared[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const acc_t r = block_normalize_row<scalar_t, acc_t>(x + row * n, n, shared);
-    if (threadIdx.x == 0) rstd[row * 3 + slot] = static_cast<scalar_t>(r);
+    const int64_t at = at_row != nullptr ? at_row[row] : row;
+    if (threadIdx.x == 0) rstd[at * 3 + slot] = static_cast<scalar_t>(r);
   }
 }
 
@@ -647,7 +635,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     ln_rows_backward_kernel(scalar_t* __restrict__ d, const scalar_t* __restrict__ y,
                             const scalar_t* __restrict__ gain, const scalar_t* __restrict__ rstd,
-                            int slot, int64_t rows, int64_t n) {
+                            const int64_t* __restrict__ at_row, int slot, int64_t rows,
+                            int64_t n) {
   __shared__ acc_t shared[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     scalar_t* dv = d + row * n;
@@ -660,7 +649,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     const acc_t m1 = block_sum(s1, shared) / acc_t(n);
     const acc_t m2 = block_sum(s2, shared) / acc_t(n);
-    const acc_t r = static_cast<acc_t>(rstd[row * 3 + slot]);
+    const acc_t r = static_cast<acc_t>(rstd[(at_row != nullptr ? at_row[row] : row) * 3 + slot]);
     for (int64_t u = threadIdx.x; u < n; u += blockDim.x) {
       const acc_t e = static_cast<acc_t>(dv[u]) * static_cast<acc_t>(gain[u]);
       dv[u] = static_cast<scalar_t>(layer_norm_backward<acc_t>(e, static_cast<acc_t>(yv[u]), r,
@@ -669,35 +658,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The LN-LSTM's step t, one block per sample: LN of the recurrent term, the gates and c̃, LN of
-// c̃, h̃ and (without a projection) the state. A thread keeps the same quads of units in every
-// pass, so what it wrote to global memory in one pass it reads back in the next unsynchronized.
+// The LN-LSTM's step t, one block per running sample (rows of them): LN of the recurrent term,
+// the gates and c̃, LN of c̃, h̃ and (without a projection) the state. A thread keeps the same
+// quads of units in every pass, so what it wrote to global memory in one pass it reads back in
+// the next unsynchronized.
 template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
     ln_forward_cell_kernel(ForwardStep<scalar_t> s, StepMaskParams<acc_t> call_masks, int64_t t,
-                           int64_t B, int64_t H, bool has_proj) {
+                           int64_t rows, int64_t H, bool has_proj) {
   [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   __shared__ acc_t shared[32];
   const int64_t GH = 4 * H, quads = (H + 3) / 4;
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+  for (int64_t b = blockIdx.x; b < rows; b += gridDim.x) {
     scalar_t* g = s.gates + b * kWorkspaceGates * H;
     scalar_t* y = s.norm_c + b * H;
-    if (!is_active(s.len, t, b)) {
-      for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
-        const int64_t bj = b * H + j;
-        s.c_next[bj] = s.c_prev[bj];
-        g[j] = g[H + j] = g[2 * H + j] = g[3 * H + j] = scalar_t(0);
-        y[j] = scalar_t(0);
-        if (has_proj) {
-          s.htil[bj] = scalar_t(0);
-        } else {
-          finish_state<scalar_t, acc_t, false>(s, bj, false, acc_t(0), acc_t(0));
-        }
-      }
-      if (threadIdx.x == 0) s.rstd[b * 3 + 1] = s.rstd[b * 3 + 2] = scalar_t(0);
-      continue;
-    }
+    const int64_t sample = sample_of(s.orig, b);
     // LN(Ŵ_hh ĥ_{t-1}) in place.
     scalar_t* v = const_cast<scalar_t*>(s.gh) + b * GH;
     const acc_t rstd_h = block_normalize_row<scalar_t, acc_t>(v, GH, shared);
@@ -706,7 +682,7 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* x = s.pre + b * GH;
     acc_t c_sum = 0;
     for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
-      const Masks masks(mp, t, b, q, false);
+      const Masks masks(mp, t, sample, q, false);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const int64_t j = q * 4 + k;
@@ -746,7 +722,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
       acc_t zh[4] = {0, 0, 0, 0};
       if constexpr (kZoneH) {
-        if (!has_proj) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+        if (!has_proj) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, sample, q, zh);
       }
       for (int k = 0; k < 4 && q * 4 + k < H; ++k) {
         const int64_t j = q * 4 + k, bj = b * H + j;
@@ -758,7 +734,7 @@ __global__ void __launch_bounds__(kThreads)
         if (has_proj) {
           s.htil[bj] = static_cast<scalar_t>(h_tilde);
         } else {
-          finish_state<scalar_t, acc_t, kZoneH>(s, bj, true, h_tilde, zh[k]);
+          finish_state<scalar_t, acc_t, kZoneH>(s, bj, h_tilde, zh[k]);
         }
       }
     }
@@ -770,20 +746,20 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The LN-LSTM's backward step t, one block per sample: dL/dh̃ (through zoneout on h unless
+// The LN-LSTM's backward step t, one block per running sample: dL/dh̃ (through zoneout on h unless
 // projected), through h̃ and LN(c̃) (dL/dq to dq), the gates (dL/da to dgi, dL/dc carried), and
 // the recurrent term's LN (dL/d(Ŵ_hh ĥ) to da). Scratch: d_o in dgi[3H, 4H) and dL/dLN(c̃) in
 // dgi[0, H), each overwritten by the thread that wrote it once read.
 template <typename scalar_t, typename acc_t, bool kCand, bool kZoneC, bool kZoneH>
 __global__ void __launch_bounds__(kThreads)
     ln_backward_cell_kernel(BackwardStep<scalar_t, acc_t> s, StepMaskParams<acc_t> call_masks,
-                            int64_t t, int64_t B, int64_t H, bool has_proj) {
+                            int64_t t, int64_t rows, int64_t H, bool has_proj) {
   [[maybe_unused]] const StepMaskParams<acc_t> mp = call_masks.resolved();
   using Masks = QuadMasks<acc_t, kCand, kZoneC, kZoneH>;
   __shared__ acc_t shared[32];
   const int64_t GH = 4 * H, quads = (H + 3) / 4;
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    const bool on = is_active(s.len, t, b);
+  for (int64_t b = blockIdx.x; b < rows; b += gridDim.x) {
+    const int64_t sample = sample_of(s.orig, b);
     scalar_t* dx = s.dgi + b * GH;
     scalar_t* dh = s.da + b * GH;
     const scalar_t* g = s.gates + b * kWorkspaceGates * H;
@@ -792,17 +768,12 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
       acc_t zh[4] = {0, 0, 0, 0};
       if constexpr (kZoneH) {
-        if (on && !has_proj) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, b, q, zh);
+        if (!has_proj) mp.zoneout(mp.zone_h, mp.zone_h_threshold, mp.zone_h_rate, t, sample, q, zh);
       }
       for (int k = 0; k < 4 && q * 4 + k < H; ++k) {
         const int64_t j = q * 4 + k, bj = b * H + j;
-        acc_t dh_tilde;
-        if (has_proj) {
-          dh_tilde = on ? static_cast<acc_t>(s.dhtil[bj]) : acc_t(0);
-        } else {
-          dh_tilde = backward_state<scalar_t, acc_t, kZoneH>(s, bj, on, zh[k]);
-        }
-        if (!on) continue;
+        const acc_t dh_tilde = has_proj ? static_cast<acc_t>(s.dhtil[bj])
+                                        : backward_state<scalar_t, acc_t, kZoneH>(s, bj, zh[k]);
         const acc_t o = static_cast<acc_t>(g[3 * H + j]), yj = static_cast<acc_t>(y[j]);
         const acc_t gc = static_cast<acc_t>(s.gain_c[j]), bc = static_cast<acc_t>(s.bias_c[j]);
         const LnHiddenGrads<acc_t> lh = ln_hidden_backward<acc_t>(o, yj, gc, bc, dh_tilde);
@@ -815,21 +786,13 @@ __global__ void __launch_bounds__(kThreads)
         s2 += dy * yj;
       }
     }
-    if (!on) {  // the whole block takes this branch for sample b
-      for (int64_t u = threadIdx.x; u < GH; u += blockDim.x) dx[u] = dh[u] = scalar_t(0);
-      for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
-        s.dq[b * H + j] = scalar_t(0);
-        if (s.htil != nullptr) s.htil[b * H + j] = scalar_t(0);
-      }
-      continue;
-    }
     const acc_t m1 = block_sum(s1, shared) / acc_t(H);
     const acc_t m2 = block_sum(s2, shared) / acc_t(H);
     const acc_t rstd_c = static_cast<acc_t>(s.rstd[b * 3 + 2]);
     const scalar_t* nh = s.norm_h + b * GH;
     acc_t s3 = 0, s4 = 0;
     for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
-      const Masks masks(mp, t, b, q, false);
+      const Masks masks(mp, t, sample, q, false);
       for (int k = 0; k < 4 && q * 4 + k < H; ++k) {
         const int64_t j = q * 4 + k, bj = b * H + j;
         const acc_t dc_fresh = layer_norm_backward<acc_t>(
@@ -870,17 +833,19 @@ __global__ void __launch_bounds__(kThreads)
 // Host side: the layer driver
 // ---------------------------------------------------------------------------------------------
 
-// The lengths on the device of the call: one small copy per call, queued on the stream.
-Tensor device_lengths(const LayerPlan& plan, const c10::optional<Tensor>& lengths,
-                      const at::Device& device) {
-  if (!plan.has_lengths) return Tensor();
-  // A graph would keep reading the pinned buffer of the call it captured, which the allocator may
-  // since have handed to someone else: refuse instead of replaying stale lengths.
+// The batching of the call (batching.h) with its index tensors on the device: small copies
+// queued on the stream, one per call.
+Batching device_batching(const LayerPlan& plan, const c10::optional<Tensor>& lengths,
+                         const at::Device& device) {
+  if (!plan.has_lengths) return make_batching(plan, Tensor());
+  // A graph would keep reading the pinned buffers of the call it captured, which the allocator
+  // may since have handed to someone else: refuse instead of replaying stale lengths.
   TORCH_CHECK_VALUE(!gpu::stream_capturing(),
                     "rnnfused: lengths cannot be given inside CUDA graph capture (they are checked "
                     "on the host and copied to the device by each call); capture the padded batch "
                     "without lengths, or run variable-length batches eagerly");
-  return gpu::to_device_async(*lengths, device);
+  return make_batching(plan, lengths->contiguous())
+      .on([&](const Tensor& t) { return gpu::to_device_async(t, device); });
 }
 
 // Row-major (rows, cols) matrix view of a contiguous buffer at an element offset: the GEMMs of
@@ -899,39 +864,41 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   const bool need_workspace = args.need_workspace;
   gpu::check_device(input);
   const gpu::DeviceGuard guard(input.device());
-  const int64_t T = plan.T, B = plan.B, I = plan.I, H = plan.H, R = plan.R;
+  const int64_t T = plan.T, B = plan.B, H = plan.H, R = plan.R, GH = G * H;
   const auto opts = input.options();
   const SequenceMasks seq = sequence_masks_cuda(plan, opts);
+  // With lengths the loop runs on the samples sorted by length, each step on those still running.
+  const Batching bt = device_batching(plan, args.lengths, input.device());
+  const int64_t N = bt.rows();
 
-  // x̂ = x ⊙ mx / (1 - p_in): the same (B, I) mask at every step.
+  // x̂ = x ⊙ mx / (1 - p_in): the same (B, I) mask at every step; packed rows (N, I).
   Tensor xhat = input.contiguous();
   if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
+  xhat = bt.pack(xhat);
   // Ŵ_hh = W_hh ⊙ M / (1 - p_w): one mask per call.
   Tensor w_hh = args.weight_hh.contiguous();
   if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
   const Tensor w_hh_t = w_hh.t();
   const Tensor w_hr_t = plan.has_proj ? args.weight_hr->contiguous().t() : Tensor();
-  const Tensor mh = seq.recurrent_scale;
-  const Tensor len = device_lengths(plan, args.lengths, input.device());
+  const Tensor mh = bt.to_loop(seq.recurrent_scale);
 
-  // The input term of all steps, a scratch tensor. LSTM: Xp = x̂ W_ih^T + b_ih + b_hh, to which
-  // each step adds its recurrent term in place; GRU: gi = x̂ W_ih^T + b_ih (b_hh goes with gh).
-  const Tensor xhat2 = xhat.view({T * B, I});
+  // The input term of all steps, packed rows (N, G*H). LSTM: Xp = x̂ W_ih^T + b_ih + b_hh, to
+  // which each step adds its recurrent term in place; GRU: gi = x̂ W_ih^T + b_ih (b_hh goes with
+  // gh).
   Tensor xp;
   // LN-LSTM: the input term is normalized without its bias; b_ih + b_hh join after both LNs.
   Tensor ln_bias;
   if constexpr (Traits::kLayerNorm) {
-    xp = at::mm(xhat2, args.weight_ih.t());
+    xp = at::mm(xhat, args.weight_ih.t());
     if (plan.has_bias) ln_bias = (*args.bias_ih + *args.bias_hh).contiguous();
   } else if (plan.has_bias) {
     const Tensor bias = Traits::kSeparateRecurrent ? *args.bias_ih : *args.bias_ih + *args.bias_hh;
-    xp = at::addmm(bias, xhat2, args.weight_ih.t());
+    xp = at::addmm(bias, xhat, args.weight_ih.t());
   } else {
-    xp = at::mm(xhat2, args.weight_ih.t());
+    xp = at::mm(xhat, args.weight_ih.t());
   }
-  xp = xp.view({T, B, G * H});
   // GRU: the recurrent term of the step, Ŵ_hh ĥ_{t-1} + b_hh.
-  Tensor gh = Traits::kSeparateRecurrent && !Traits::kLayerNorm ? gpu::empty({B, G * H}, opts)
+  Tensor gh = Traits::kSeparateRecurrent && !Traits::kLayerNorm ? gpu::empty({B, GH}, opts)
                                                                   : Tensor();
   const Tensor b_hh = Traits::kSeparateRecurrent && plan.has_bias ? args.bias_hh->contiguous()
                                                                    : Tensor();
@@ -941,12 +908,13 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   // Two rolling states suffice when backward will not run.
   const int64_t kept = need_workspace ? T + 1 : 2;
   hs = gpu::empty({kept, B, R}, opts);
-  hs[0].copy_(args.h0);
+  hs[0].copy_(bt.to_loop(args.h0));
   if constexpr (Traits::kHasCell) {
     cs = gpu::empty({kept, B, H}, opts);
-    cs[0].copy_(*args.c0);
+    cs[0].copy_(bt.to_loop(*args.c0));
   }
-  // The workspace gates have a buffer of their own (not the input term's scratch).
+  // The workspace gates have a buffer of their own (not the input term's scratch), in the loop's
+  // row order, 0 at padded positions.
   if (need_workspace) {
     gates = gpu::empty({T, B, W * H}, opts);
     if (plan.zoneout_c() && !Traits::kLayerNorm) ctil = gpu::empty({T, B, H}, opts);
@@ -956,14 +924,15 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
   if constexpr (Traits::kLayerNorm) {
     const LayerNormParams* ln = args.ln;
     ln_gains = flat_layer_norm_params(*ln);
-    rstd = gpu::empty({T, B, 3}, opts);
+    // Zeros at the padded positions, which no kernel writes when packed.
+    rstd = bt.packed ? at::zeros({T, B, 3}, opts) : gpu::empty({T, B, 3}, opts);
     const int64_t steps = need_workspace ? T : 1;
-    norm_h = gpu::empty({steps, B, G * H}, opts);
+    norm_h = gpu::empty({steps, B, GH}, opts);
     norm_c = gpu::empty({steps, B, H}, opts);
     if (!need_workspace) gates = gpu::empty({1, B, W * H}, opts);
   }
   Tensor hhat = mh.defined() ? gpu::empty({2, B, R}, opts) : Tensor();
-  if (mh.defined()) hhat[0].copy_(args.h0 * mh);
+  if (mh.defined()) hhat[0].copy_(hs[0] * mh);
   Tensor htil = plan.has_proj ? gpu::empty({B, H}, opts) : Tensor();
   Tensor hproj = plan.has_proj ? gpu::empty({B, R}, opts) : Tensor();
 
@@ -977,73 +946,92 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
     scalar_t* ctil_p = ptr_or_null<scalar_t>(ctil);    // null without zoneout on c
     const StepMaskParams<acc_t> mp(plan);
     const gpu::Stream stream = gpu::current_stream();
-    const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
-    const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
-    const int64_t sample_blocks = row_blocks(B);
-    if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every t, in place
-      gpu::launch<ln_rows_kernel<scalar_t, acc_t>>(row_blocks(T * B), kThreads, 0, stream,
-                                                   xp.data_ptr<scalar_t>(),
-                                                   rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
-      if (need_workspace) norm_x = xp;
+    if constexpr (Traits::kLayerNorm) {  // LN(W_ih x̂_t) for every packed row, in place
+      gpu::launch<ln_rows_kernel<scalar_t, acc_t>>(
+          row_blocks(N), kThreads, 0, stream, xp.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(),
+          bt.packed ? bt.loop_rows.data_ptr<int64_t>() : nullptr, 0, N, GH);
+      if (need_workspace) {
+        // The workspace keeps (T, B, 4H) in the loop's order, 0 at padded positions.
+        if (bt.packed) {
+          norm_x = at::zeros({T, B, GH}, opts);
+          norm_x.view({T * B, GH}).index_copy_(0, bt.loop_rows, xp);
+        } else {
+          norm_x = xp.view({T, B, GH});
+        }
+      }
     }
 
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = plan.time_of(s);
+        const int64_t rows = bt.active[t];  // the running rows, first in the loop's order
         const int64_t cur = need_workspace ? s : s % 2;
         const int64_t nxt = need_workspace ? s + 1 : (s + 1) % 2;
-        const Tensor hhat_prev = hhat_p ? rows_of(hhat, (s % 2) * B * R, B, R)
-                                        : rows_of(hs, cur * B * R, B, R);
-        Tensor pre = rows_of(xp, t * B * G * H, B, G * H);
+        const Tensor hhat_prev = hhat_p ? rows_of(hhat, (s % 2) * B * R, rows, R)
+                                        : rows_of(hs, cur * B * R, rows, R);
+        const Tensor pre = rows_of(xp, bt.offset[t] * GH, rows, GH);
         const int64_t at_t = need_workspace ? t : 0;  // the LN-LSTM's scratch rows without one
         if constexpr (Traits::kLayerNorm) {
-          gh = rows_of(norm_h, at_t * B * G * H, B, G * H);
-          at::mm_out(gh, hhat_prev, w_hh_t);  // normalized in the cell kernel
+          gh = rows_of(norm_h, at_t * B * GH, B, GH);
+          Tensor gh_rows = gh.narrow(0, 0, rows);
+          at::mm_out(gh_rows, hhat_prev, w_hh_t);  // normalized in the cell kernel
         } else if constexpr (Traits::kSeparateRecurrent) {
           // gh = ĥ_{s-1} Ŵ_hh^T + b_hh
+          Tensor gh_rows = gh.narrow(0, 0, rows);
           if (b_hh.defined()) {
-            at::addmm_out(gh, b_hh, hhat_prev, w_hh_t);
+            at::addmm_out(gh_rows, b_hh, hhat_prev, w_hh_t);
           } else {
-            at::mm_out(gh, hhat_prev, w_hh_t);
+            at::mm_out(gh_rows, hhat_prev, w_hh_t);
           }
         } else {
           // a_t = Xp_t + ĥ_{s-1} Ŵ_hh^T, in place.
-          at::addmm_out(pre, pre, hhat_prev, w_hh_t);
+          Tensor pre_rows = pre;
+          at::addmm_out(pre_rows, pre, hhat_prev, w_hh_t);
         }
-        const ForwardStep<scalar_t> step{
-            pre.data_ptr<scalar_t>(),
-            Traits::kSeparateRecurrent ? gh.data_ptr<scalar_t>() : nullptr,
-            hs_p + cur * B * R,
-            hs_p + nxt * B * R,
-            cs_p ? cs_p + cur * B * H : nullptr,
-            cs_p ? cs_p + nxt * B * H : nullptr,
-            gates_p ? gates_p + at_t * B * W * H : nullptr,
-            kZoneC && ctil_p ? ctil_p + t * B * H : nullptr,
-            output.data_ptr<scalar_t>() + t * B * R,
-            hhat_p ? hhat_p + ((s + 1) % 2) * B * R : nullptr,
-            ptr_or_null<scalar_t>(mh),
-            ptr_or_null<scalar_t>(htil),
-            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr,
-            ptr_or_null<scalar_t>(ln_bias),
-            ptr_or_null<scalar_t>(ln_gains),
-            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + G * H : nullptr,
-            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + 2 * G * H : nullptr,
-            Traits::kLayerNorm ? ln_gains.data_ptr<scalar_t>() + 2 * G * H + H : nullptr,
-            Traits::kLayerNorm ? norm_c.data_ptr<scalar_t>() + at_t * B * H : nullptr,
-            Traits::kLayerNorm ? rstd.data_ptr<scalar_t>() + t * B * 3 : nullptr};
+        ForwardStep<scalar_t> step{};
+        step.pre = pre.data_ptr<scalar_t>();
+        step.gh = Traits::kSeparateRecurrent ? gh.data_ptr<scalar_t>() : nullptr;
+        step.h_prev = hs_p + cur * B * R;
+        step.h_next = hs_p + nxt * B * R;
+        step.c_prev = cs_p ? cs_p + cur * B * H : nullptr;
+        step.c_next = cs_p ? cs_p + nxt * B * H : nullptr;
+        step.gates = gates_p ? gates_p + at_t * B * W * H : nullptr;
+        step.ctil = kZoneC && ctil_p ? ctil_p + t * B * H : nullptr;
+        step.out = output.data_ptr<scalar_t>() + t * B * R;
+        step.hhat_next = hhat_p ? hhat_p + ((s + 1) % 2) * B * R : nullptr;
+        step.mh = ptr_or_null<scalar_t>(mh);
+        step.htil = ptr_or_null<scalar_t>(htil);
+        step.orig = bt.orig_on_device();
+        if constexpr (Traits::kLayerNorm) {
+          step.bias = ptr_or_null<scalar_t>(ln_bias);
+          step.gain_x = ln_gains.data_ptr<scalar_t>();
+          step.gain_h = step.gain_x + GH;
+          step.gain_c = step.gain_x + 2 * GH;
+          step.bias_c = step.gain_c + H;
+          step.norm_c = norm_c.data_ptr<scalar_t>() + at_t * B * H;
+          step.rstd = rstd.data_ptr<scalar_t>() + t * B * 3;
+        }
         if constexpr (Traits::kLayerNorm) {
           gpu::launch<ln_forward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
-              sample_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
+              row_blocks(rows), kThreads, 0, stream, step, mp, t, rows, H, plan.has_proj);
         } else {
           gpu::launch<forward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
-              cell_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
+              num_blocks(rows * ((H + 3) / 4)), kThreads, 0, stream, step, mp, t, rows, H,
+              plan.has_proj);
         }
         if constexpr (kCanProject<kCell>) {
           if (plan.has_proj) {
-            at::mm_out(hproj, htil, w_hr_t);  // W_hr h̃
+            Tensor hproj_rows = hproj.narrow(0, 0, rows);
+            at::mm_out(hproj_rows, htil.narrow(0, 0, rows), w_hr_t);  // W_hr h̃
             gpu::launch<forward_projected_state_kernel<scalar_t, acc_t, kZoneH>>(
-                state_blocks, kThreads, 0, stream, step, hproj.data_ptr<scalar_t>(), mp, t, B, R);
+                num_blocks(rows * ((R + 3) / 4)), kThreads, 0, stream, step,
+                hproj.data_ptr<scalar_t>(), mp, t, rows, R);
           }
+        }
+        if (rows < B) {
+          gpu::launch<forward_inactive_kernel<scalar_t>>(
+              num_blocks((B - rows) * std::max<int64_t>(R, W * H)), kThreads, 0, stream, step,
+              rows, B, H, R, GH);
         }
       }
     });
@@ -1055,6 +1043,10 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
     finish_forward_ln(need_workspace, out, std::move(norm_x), std::move(norm_h), std::move(norm_c),
                       std::move(rstd));
   }
+  // The op's outputs in the samples' order; the workspace stays in the loop's.
+  out.output = bt.to_samples(out.output, 1);
+  out.h_n = bt.to_samples(out.h_n);
+  out.c_n = bt.to_samples(out.c_n);
   return out;
 }
 
@@ -1067,13 +1059,15 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
   const Tensor& input = args.input;
   gpu::check_device(input);
   const gpu::DeviceGuard guard(input.device());
-  const int64_t T = plan.T, B = plan.B, H = plan.H, R = plan.R;
+  const int64_t T = plan.T, B = plan.B, H = plan.H, R = plan.R, GH = G * H;
   const auto opts = input.options();
   // The gradients carried from step to step stay in the compute precision (float for
   // half/bfloat16); what a GEMM reads or writes is in the storage dtype.
   const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
   const SequenceMasks seq = sequence_masks_cuda(plan, opts);
-  const Tensor grad_output = args.grad_output.contiguous();
+  const Batching bt = device_batching(plan, args.lengths, input.device());  // the forward's
+  const int64_t N = bt.rows();
+  const Tensor grad_output = bt.to_loop(args.grad_output, 1).contiguous();
   const Tensor gates = args.gates.contiguous(), hs = args.hs.contiguous();
   const Tensor cs = Traits::kHasCell ? args.cs->contiguous() : Tensor();
   const Tensor ctil =
@@ -1081,20 +1075,21 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
   Tensor w_hh = args.weight_hh.contiguous();
   if (seq.weight_scale.defined()) w_hh = w_hh * seq.weight_scale;
   const Tensor w_hr = plan.has_proj ? args.weight_hr->contiguous() : Tensor();
-  const Tensor mh = seq.recurrent_scale;
-  const Tensor len = device_lengths(plan, args.lengths, input.device());
+  const Tensor mh = bt.to_loop(seq.recurrent_scale);
 
-  // dL/d(recurrent term) and dL/d(input term), indexed by t: one tensor for the LSTM, whose two
-  // terms are summed into a_t; two for the GRU.
-  Tensor da = gpu::empty({T, B, G * H}, opts);
-  Tensor dgi = Traits::kSeparateRecurrent ? gpu::empty({T, B, G * H}, opts) : da;
-  Tensor zpart = gpu::empty({B, R}, acc_opts).copy_(args.grad_h_n);  // dL/dh carried back
-  Tensor dc = Traits::kHasCell ? gpu::empty({B, H}, acc_opts).copy_(*args.grad_c_n)
-                               : Tensor();                           // dL/dc carried back
-  Tensor dhhat = gpu::empty({B, R}, opts);                            // dL/dĥ from step s+1's GEMM
-  Tensor dproj = plan.has_proj ? gpu::empty({T, B, R}, opts) : Tensor();  // dL/d(W_hr h̃)
+  // dL/d(recurrent term) and dL/d(input term), packed rows (N, G*H) by input position: one
+  // tensor for the LSTM, whose two terms are summed into a_t; two for the GRU.
+  Tensor da = gpu::empty({N, GH}, opts);
+  Tensor dgi = Traits::kSeparateRecurrent ? gpu::empty({N, GH}, opts) : da;
+  // dL/dh carried back, dL/dc: (B, ·) in the loop's order.
+  Tensor zpart = gpu::empty({B, R}, acc_opts).copy_(bt.to_loop(args.grad_h_n));
+  Tensor dc = Traits::kHasCell ? gpu::empty({B, H}, acc_opts).copy_(bt.to_loop(*args.grad_c_n))
+                               : Tensor();
+  // dL/dĥ from step s+1's GEMM; 0 in rows that have not run yet (backward_inactive_kernel).
+  Tensor dhhat = at::zeros({B, R}, opts);
+  Tensor dproj = plan.has_proj ? gpu::empty({N, R}, opts) : Tensor();  // dL/d(W_hr h̃)
   Tensor dhtil = plan.has_proj ? gpu::empty({B, H}, opts) : Tensor();
-  Tensor htil = plan.has_proj ? gpu::empty({T, B, H}, opts) : Tensor();
+  Tensor htil = plan.has_proj ? gpu::empty({N, H}, opts) : Tensor();
   // The LN-LSTM's workspace and parameters; dgi receives dL/da in the loop (the input LN's
   // backward runs after it), dq dL/dq of q = LN(c̃) γ_c + β_c.
   LayerNormSaved saved;
@@ -1103,7 +1098,7 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
     const LayerNormParams* ln = args.ln;
     saved = LayerNormSaved(*args.ln_ws);
     ln_gains = flat_layer_norm_params(*ln);
-    dq = gpu::empty({T, B, H}, opts);
+    dq = gpu::empty({N, H}, opts);
   }
   LayerGrads ln_grads;
 
@@ -1114,86 +1109,101 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
     const scalar_t* ctil_p = ptr_or_null<scalar_t>(ctil);
     const StepMaskParams<acc_t> mp(plan);
     const gpu::Stream stream = gpu::current_stream();
-    const int64_t cell_blocks = num_blocks(B * ((H + 3) / 4));
-    const int64_t state_blocks = num_blocks(B * ((R + 3) / 4));
-    const int64_t sample_blocks = row_blocks(B);
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = plan.time_of(s);
-        const Tensor da_t = rows_of(da, t * B * G * H, B, G * H);
-        BackwardStep<scalar_t, acc_t> step{
-            gates.data_ptr<scalar_t>() + t * B * W * H,
-            hs.data_ptr<scalar_t>() + s * B * R,
-            cs_p ? cs_p + s * B * H : nullptr,
-            !cs_p || Traits::kLayerNorm ? nullptr
-            : kZoneC                    ? ctil_p + t * B * H
-                                        : cs_p + (s + 1) * B * H,
-            ptr_or_null<scalar_t>(dhtil),
-            grad_output.data_ptr<scalar_t>() + t * B * R,
-            zpart.data_ptr<acc_t>(),
-            s == T - 1 ? nullptr : dhhat.data_ptr<scalar_t>(),
-            ptr_or_null<scalar_t>(mh),
-            ptr_or_null<acc_t>(dc),
-            da_t.data_ptr<scalar_t>(),
-            Traits::kSeparateRecurrent ? dgi.data_ptr<scalar_t>() + t * B * G * H : nullptr,
-            plan.has_proj ? htil.data_ptr<scalar_t>() + t * B * H : nullptr,
-            plan.has_proj ? dproj.data_ptr<scalar_t>() + t * B * R : nullptr,
-            plan.has_lengths ? len.data_ptr<int64_t>() : nullptr};
+        const int64_t rows = bt.active[t];
+        const int64_t ran = s == T - 1 ? 0 : bt.active[plan.time_of(s + 1)];
+        const int64_t off = bt.offset[t];
+        const Tensor da_t = rows_of(da, off * GH, rows, GH);
+        BackwardStep<scalar_t, acc_t> step{};
+        step.gates = gates.data_ptr<scalar_t>() + t * B * W * H;
+        step.h_prev = hs.data_ptr<scalar_t>() + s * B * R;
+        step.c_prev = cs_p ? cs_p + s * B * H : nullptr;
+        step.c_tilde = !cs_p || Traits::kLayerNorm ? nullptr
+                       : kZoneC                    ? ctil_p + t * B * H
+                                                   : cs_p + (s + 1) * B * H;
+        step.dhtil = ptr_or_null<scalar_t>(dhtil);
+        step.dy = grad_output.data_ptr<scalar_t>() + t * B * R;
+        step.zpart = zpart.data_ptr<acc_t>();
+        step.dhhat = s == T - 1 ? nullptr : dhhat.data_ptr<scalar_t>();
+        step.mh = ptr_or_null<scalar_t>(mh);
+        step.dc = ptr_or_null<acc_t>(dc);
+        step.da = da_t.data_ptr<scalar_t>();
+        step.dgi = Traits::kSeparateRecurrent ? dgi.data_ptr<scalar_t>() + off * GH : nullptr;
+        step.htil = plan.has_proj ? htil.data_ptr<scalar_t>() + off * H : nullptr;
+        step.dproj = plan.has_proj ? dproj.data_ptr<scalar_t>() + off * R : nullptr;
+        step.orig = bt.orig_on_device();
         if constexpr (Traits::kLayerNorm) {
-          step.norm_h = saved.norm_h.data_ptr<scalar_t>() + t * B * G * H;
+          step.norm_h = saved.norm_h.data_ptr<scalar_t>() + t * B * GH;
           step.norm_c = saved.norm_c.data_ptr<scalar_t>() + t * B * H;
           step.rstd = saved.rstd.data_ptr<scalar_t>() + t * B * 3;
-          step.gain_h = ln_gains.data_ptr<scalar_t>() + G * H;
-          step.gain_c = ln_gains.data_ptr<scalar_t>() + 2 * G * H;
+          step.gain_h = ln_gains.data_ptr<scalar_t>() + GH;
+          step.gain_c = ln_gains.data_ptr<scalar_t>() + 2 * GH;
           step.bias_c = step.gain_c + H;
-          step.dq = dq.data_ptr<scalar_t>() + t * B * H;
+          step.dq = dq.data_ptr<scalar_t>() + off * H;
+        }
+        if (step.dhhat != nullptr && rows < ran) {
+          gpu::launch<backward_inactive_kernel<scalar_t, acc_t>>(
+              num_blocks((ran - rows) * R), kThreads, 0, stream, step, rows, ran, R);
         }
         if constexpr (kCanProject<kCell>) {
           if (plan.has_proj) {
             gpu::launch<backward_projected_state_kernel<scalar_t, acc_t, kZoneH>>(
-                state_blocks, kThreads, 0, stream, step, mp, t, B, R);
+                num_blocks(rows * ((R + 3) / 4)), kThreads, 0, stream, step, mp, t, rows, R);
             // dL/dh̃ = dL/d(W_hr h̃) W_hr
-            at::mm_out(dhtil, rows_of(dproj, t * B * R, B, R), w_hr);
+            Tensor dhtil_rows = dhtil.narrow(0, 0, rows);
+            at::mm_out(dhtil_rows, rows_of(dproj, off * R, rows, R), w_hr);
           }
         }
         if constexpr (Traits::kLayerNorm) {
           gpu::launch<ln_backward_cell_kernel<scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
-              sample_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
+              row_blocks(rows), kThreads, 0, stream, step, mp, t, rows, H, plan.has_proj);
         } else {
           gpu::launch<backward_cell_kernel<kCell, scalar_t, acc_t, kCand, kZoneC, kZoneH>>(
-              cell_blocks, kThreads, 0, stream, step, mp, t, B, H, plan.has_proj);
+              num_blocks(rows * ((H + 3) / 4)), kThreads, 0, stream, step, mp, t, rows, H,
+              plan.has_proj);
         }
-        // dL/dĥ_{s-1} = dL/d(recurrent term)_t Ŵ_hh
-        at::mm_out(dhhat, da_t, w_hh);
+        // dL/dĥ_{s-1} = dL/d(recurrent term)_t Ŵ_hh, for the rows that ran (the others keep
+        // theirs: backward_inactive_kernel)
+        Tensor dhhat_rows = dhhat.narrow(0, 0, rows);
+        at::mm_out(dhhat_rows, da_t, w_hh);
       }
     });
     if constexpr (Traits::kLayerNorm) {
-      // The bias and gains from dL/da and dL/dq of every step (reduced in float), then dL/da
-      // through the input term's LN, all rows at once.
+      // The bias and gains from dL/da and dL/dq of every running row (reduced in float), then
+      // dL/da through the input term's LN, all rows at once.
       const auto acc_type = at::toOpMathType(input.scalar_type());
-      const Tensor da_all = dgi.view({T * B, G * H});
-      const Tensor dq_all = dq.view({T * B, H});
+      const Tensor norm_x = bt.pack_loop(saved.norm_x);
       auto column_sums = [&](const Tensor& v) { return v.sum(0, false, acc_type).to(opts.dtype()); };
-      if (plan.has_bias) ln_grads.grad_bias_ih = column_sums(da_all);
-      ln_grads.grad_ln_weight_ih = column_sums(da_all * saved.norm_x.view({T * B, G * H}));
-      ln_grads.grad_ln_weight_hh = column_sums(da_all * saved.norm_h.view({T * B, G * H}));
-      ln_grads.grad_ln_weight_c = column_sums(dq_all * saved.norm_c.view({T * B, H}));
-      ln_grads.grad_ln_bias_c = column_sums(dq_all);
+      if (plan.has_bias) ln_grads.grad_bias_ih = column_sums(dgi);
+      ln_grads.grad_ln_weight_ih = column_sums(dgi * norm_x);
+      ln_grads.grad_ln_weight_hh = column_sums(dgi * bt.pack_loop(saved.norm_h));
+      ln_grads.grad_ln_weight_c = column_sums(dq * bt.pack_loop(saved.norm_c));
+      ln_grads.grad_ln_bias_c = column_sums(dq);
       gpu::launch<ln_rows_backward_kernel<scalar_t, acc_t>>(
-          row_blocks(T * B), kThreads, 0, stream, dgi.data_ptr<scalar_t>(),
-          saved.norm_x.data_ptr<scalar_t>(), ln_gains.data_ptr<scalar_t>(),
-          saved.rstd.data_ptr<scalar_t>(), 0, T * B, G * H);
+          row_blocks(N), kThreads, 0, stream, dgi.data_ptr<scalar_t>(),
+          norm_x.data_ptr<scalar_t>(), ln_gains.data_ptr<scalar_t>(),
+          saved.rstd.data_ptr<scalar_t>(), bt.packed ? bt.loop_rows.data_ptr<int64_t>() : nullptr,
+          0, N, GH);
     }
   });
 
-  // dL/dh0 = the share carried outside the GEMM + dĥ ⊙ mh from the first step.
-  Tensor grad_h0 = T > 0 ? zpart + (mh.defined() ? dhhat * mh : dhhat) : zpart;
-  grad_h0 = grad_h0.to(input.scalar_type());
-  Tensor grad_c0 = Traits::kHasCell ? dc.to(input.scalar_type()) : Tensor();
+  // dL/dh0 = the share carried outside the GEMM + dĥ ⊙ mh from the first step (the rows that ran
+  // at it; the others took theirs in backward_inactive_kernel).
+  Tensor grad_h0 = zpart;
+  if (T > 0) {
+    const int64_t first = bt.active[plan.time_of(0)];
+    Tensor d = dhhat.narrow(0, 0, first);
+    if (mh.defined()) d = d * mh.narrow(0, 0, first);
+    grad_h0.narrow(0, 0, first).add_(d);
+  }
+  grad_h0 = bt.to_samples(grad_h0.to(input.scalar_type()));
+  Tensor grad_c0 = Traits::kHasCell ? bt.to_samples(dc.to(input.scalar_type())) : Tensor();
 
-  LayerGrads grads = input_and_weight_gradients(plan, seq, input, args.weight_ih, dgi, da, hs,
-                                                dproj, htil, std::move(grad_h0),
-                                                std::move(grad_c0));
+  LayerGrads grads = packed_input_and_weight_gradients(plan, bt, seq, input, args.weight_ih, dgi,
+                                                       da, hs, dproj, htil, std::move(grad_h0),
+                                                       std::move(grad_c0));
   if constexpr (Traits::kLayerNorm) {
     // The bias enters after the LNs: its gradient is the sum of dL/da, not of dgi or da.
     if (plan.has_bias) grads.grad_bias_ih = std::move(ln_grads.grad_bias_ih);

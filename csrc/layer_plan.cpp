@@ -5,6 +5,7 @@
 // names the argument and says what was expected.
 #include "layer.h"
 
+#include "batching.h"
 #include "cpu_gemm.h"
 #include "cpu_philox.h"
 
@@ -285,16 +286,9 @@ void finish_forward_ln(bool need_workspace, LayerOutputs& out, Tensor norm_x, Te
   out.rstd = kept(std::move(rstd));
 }
 
-namespace {
-
-using cpu_gemm::Product;
-
-// A B: on the CPU through the GEMM backend chosen for the product, elsewhere at::mm.
-Tensor product(Product kind, const Tensor& a, const Tensor& b) {
+Tensor product(cpu_gemm::Product kind, const Tensor& a, const Tensor& b) {
   return a.is_cpu() ? cpu_gemm::mm(kind, a, b) : at::mm(a, b);
 }
-
-}  // namespace
 
 LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks& seq,
                                       const Tensor& input, const Tensor& weight_ih,
@@ -309,14 +303,14 @@ LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks
   Tensor xhat = input.contiguous();
   if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
   LayerGrads g;
-  g.grad_input = product(Product::kGradInput, dx2, weight_ih.contiguous()).view({T, B, I});
+  g.grad_input = product(cpu_gemm::Product::kGradInput, dx2, weight_ih.contiguous()).view({T, B, I});
   if (seq.input_scale.defined()) g.grad_input.mul_(seq.input_scale.unsqueeze(0));
-  g.grad_weight_ih = product(Product::kGradWeight, dx2.t(), xhat.view({T * B, I}));
+  g.grad_weight_ih = product(cpu_gemm::Product::kGradWeight, dx2.t(), xhat.view({T * B, I}));
   // ĥ_{t-1}: the state each step read, in input order, with its recurrent-dropout mask.
   Tensor hprev = hs.narrow(0, 0, T);
   if (plan.reverse) hprev = hprev.flip(0);
   if (seq.recurrent_scale.defined()) hprev = hprev * seq.recurrent_scale.unsqueeze(0);
-  g.grad_weight_hh = product(Product::kGradWeight, dh2.t(), hprev.reshape({T * B, R}));
+  g.grad_weight_hh = product(cpu_gemm::Product::kGradWeight, dh2.t(), hprev.reshape({T * B, R}));
   if (seq.weight_scale.defined()) g.grad_weight_hh.mul_(seq.weight_scale);
   if (plan.has_bias && plan.cell == CellKind::kLnLstm) {
     // The LN-LSTM's bias enters after the LNs: its driver sums dL/da itself.
@@ -328,7 +322,7 @@ LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks
     g.grad_bias_ih = at::empty({0}, opts);
     g.grad_bias_hh = at::empty({0}, opts);
   }
-  g.grad_weight_hr = plan.has_proj ? product(Product::kGradWeight, dproj.view({T * B, R}).t(),
+  g.grad_weight_hr = plan.has_proj ? product(cpu_gemm::Product::kGradWeight, dproj.view({T * B, R}).t(),
                                              htil.view({T * B, H}))
                                    : at::empty({0}, opts);
   g.grad_h0 = std::move(grad_h0);

@@ -504,6 +504,55 @@ def test_simulated_ops_launch_the_cell_kernels(case):
         assert any("forward_projected_state_kernel" in name for name, _, _ in forward_launches)
 
 
+# Variable lengths: each step computes the rows of the samples still running, and nothing else.
+# H = 128 gives 32 quads of units per sample, so a 128-thread block holds 4 samples and the cell
+# kernels' grids count the running samples in fours (the LN-LSTM's: one block per sample).
+LENGTH_SHRINK_LENGTHS = (2, 6, 0, 5, 3, 6, 1, 4, 6, 2, 5, 3)  # unsorted; B = 12, T = 6
+LENGTH_SHRINK_CASES = [Case(cell, 128, len(LENGTH_SHRINK_LENGTHS), P, T=6, I=3, reverse=reverse,
+                            lengths=LENGTH_SHRINK_LENGTHS, rates=ALL_ON)
+                       for cell, P in (("lstm", 0), ("lstm", 40), ("gru", 0), ("ln_lstm", 0))
+                       for reverse in (False, True)]
+
+
+@pytest.mark.parametrize("case", LENGTH_SHRINK_CASES, ids=_ids(LENGTH_SHRINK_CASES))
+def test_each_step_computes_only_the_running_samples(case):
+    """With lengths the CUDA path runs each step on the samples still running (sorted by length,
+    as the CPU path does): the cell kernels' grids shrink with them, the rows that stopped get
+    one pass-through kernel, and the results are the CPU op's."""
+    t = make_tensors(case)
+    sim.set_launch_logging(True)
+    try:
+        sim.launch_log(True)
+        cpu_all = run(CPU_OPS, case, t)
+        sim_fwd = op_of(SIM_OPS, case, "forward")(*forward_args(case, t))
+        forward_launches = sim.launch_log(True)
+        bwd_args = backward_args(case, t, sim_fwd)
+        sim_bwd = op_of(SIM_OPS, case, "backward")(*bwd_args)
+        backward_launches = sim.launch_log(True)
+    finally:
+        sim.set_launch_logging(False)
+    lengths = torch.tensor(case.lengths)
+    steps = range(case.T - 1, -1, -1) if case.reverse else range(case.T)
+    running = [int((lengths > t_).sum()) for t_ in steps]  # in processing order
+
+    def grid(rows):
+        return rows if case.cell == "ln_lstm" else -(-rows * (case.H // 4) // 128)
+
+    for launches, which, order in ((forward_launches, "forward", running),
+                                   (backward_launches, "backward", running[::-1])):
+        cell = [g for name, g, _ in launches if f"{which}_cell_kernel" in name]
+        assert cell == [grid(r) for r in order if r > 0], (which, cell, order)
+    inactive = [name for name, _, _ in forward_launches if "forward_inactive_kernel" in name]
+    assert len(inactive) == sum(r < case.B for r in running)
+    # And the same numbers as the CPU op (which sorts and packs the same way).
+    names = return_names(case, "forward")
+    for name, a, b in zip(names, sim_fwd, cpu_all[0]):
+        if name in ("output", "h_n", "c_n"):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    for name, a, b in zip(return_names(case, "backward"), sim_bwd, cpu_all[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("op", ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
                                 "ln_lstm_forward", "ln_lstm_backward"])
 def test_simulated_ops_have_the_schemas_of_the_cpu_ops(op):
