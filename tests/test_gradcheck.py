@@ -48,10 +48,7 @@ def test_gradcheck_with_projection(training):
 
 def test_gradcheck_with_projection_and_zoneout_h():
     torch.manual_seed(2)
-    try:
-        assert gradcheck_layer(make_layer_inputs(3, 2, 2, 3, P=2), **ALL_RATES)
-    except NotImplementedError:
-        pytest.skip("proj_size with zoneout_h is refused (SPEC §2 allows it)")
+    assert gradcheck_layer(make_layer_inputs(3, 2, 2, 3, P=2), **ALL_RATES)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

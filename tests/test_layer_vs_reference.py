@@ -19,22 +19,13 @@ SIZES = [(5, 3, 4, 6, 0), (1, 2, 3, 4, 0), (4, 1, 2, 3, 0), (3, 2, 2, 1, 0), (6,
 
 
 
-def refuses_proj_with_zoneout_h(P, rates):
-    return P > 0 and rates["zoneout_h"] > 0
-
-
 def fused_and_reference(inputs, rates, *, training=True, reverse=False, lengths=None, seed=SEED, layer=0):
     """Runs both paths on the same arguments; returns their outputs (output, h_n, c_n)."""
     T, B, I = inputs["input"].shape
     H = inputs["c0"].shape[1]
     P = inputs["weight_hr"].shape[0] if inputs["weight_hr"] is not None else 0
-    try:
-        fused = F.lstm_layer(*layer_args(inputs), seed=seed, training=training, layer=layer, reverse=reverse,
-                             lengths=lengths, **rates)
-    except NotImplementedError:
-        if refuses_proj_with_zoneout_h(P, rates):
-            pytest.skip("proj_size with zoneout_h is refused (SPEC §2 allows it)")
-        raise
+    fused = F.lstm_layer(*layer_args(inputs), seed=seed, training=training, layer=layer, reverse=reverse,
+                         lengths=lengths, **rates)
     masks = F.lstm_masks(seed, T, B, I, H, proj_size=P, layer=layer, reverse=reverse, dtype=inputs["input"].dtype,
                          **rates) if training else None
     expected = reference.lstm_layer(*layer_args(inputs), masks=masks, training=training, reverse=reverse,
