@@ -47,13 +47,18 @@ cp "$build"/rnnfused/_C*.so "$stage/rnnfused/"
 
 libasan=$("${CXX:-c++}" -print-file-name=libasan.so)
 [ -f "$libasan" ] || { echo "sanitize_check: FAIL: no libasan.so from ${CXX:-c++}"; exit 1; }
-export LD_PRELOAD="$libasan"
+# libstdc++ with it: ASan's __cxa_throw interceptor finds the real one only if it is loaded at start
+# (Python is not C++), and a C++ exception (a TORCH_CHECK, the simulator's errors) would abort.
+libstdcxx=$("${CXX:-c++}" -print-file-name=libstdc++.so)
+export LD_PRELOAD="$libasan $libstdcxx"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 # tests/test_cuda_sim.py loads the simulated CUDA ops from here (and fails if it cannot).
 export RNNFUSED_CUDA_SIM_MODULE=$(realpath "$sim_module")
 cd "$stage"
 "$python" -c "import rnnfused; print('sanitize_check: rnnfused._C from', rnnfused._ops._C.__file__)"
+# --capture=sys, not fd: a sanitizer's report goes to file descriptor 2, and a run it aborts would
+# otherwise lose it with pytest's captured output.
 # shellcheck disable=SC2086
-"$python" -m pytest -q -p no:cacheprovider $(for t in $tests; do echo "$repo/$t"; done)
+"$python" -m pytest -q -p no:cacheprovider --capture=sys $(for t in $tests; do echo "$repo/$t"; done)
 echo "sanitize_check: PASS in $(( $(date +%s) - start )) s"

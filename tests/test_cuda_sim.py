@@ -553,6 +553,23 @@ def test_each_step_computes_only_the_running_samples(case):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m: f"{name}: {m}")
 
 
+EMPTY_CASES = [Case(cell, 7, B, P, T=T, rates=ALL_ON, lengths=None)
+               for cell, P in _variants(7) for T, B in ((0, 3), (4, 0))]
+
+
+@pytest.mark.parametrize("case", EMPTY_CASES, ids=_ids(EMPTY_CASES))
+def test_empty_sequence_and_empty_batch_give_the_cpu_results(case):
+    """T = 0 (h_n = h0, nothing launched for the steps) and B = 0 (every grid empty) run as on the
+    CPU: the GPU test of the same (test_cuda.py) requires it."""
+    t = make_tensors(case)
+    cpu_fwd, cpu_bwd = run(CPU_OPS, case, t)
+    sim_fwd, sim_bwd = run(SIM_OPS, case, t)
+    for name, a, b in zip(return_names(case, "forward") + return_names(case, "backward"),
+                          list(sim_fwd) + list(sim_bwd), list(cpu_fwd) + list(cpu_bwd)):
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("op", ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
                                 "ln_lstm_forward", "ln_lstm_backward"])
 def test_simulated_ops_have_the_schemas_of_the_cpu_ops(op):
