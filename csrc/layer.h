@@ -5,7 +5,7 @@
 // ln_lstm_backward). What differs between them is the cell's pointwise math (cell_math.h), its
 // gate count and, for the LN-LSTM, its per-sample normalizations; the argument checks, the masks, the workspace, the time
 // loop and the GEMMs are the layer driver's, written once per device (layer_cpu.cpp,
-// layer_cuda.cu) as templates over the cell.
+// layer_cuda_driver.cuh) as templates over the cell.
 //
 // Shapes (T steps, B samples, I inputs, H cells, G gates: 4 for the LSTM, 3 for the GRU,
 // R = P with an LSTM projection else H):
@@ -24,11 +24,10 @@
 // The LN-LSTM keeps gates, hs and cs as the LSTM (no ctil), and its normalized values, by t:
 //   norm_x (T, B, 4H) LN(W_ih x̂_t)   norm_h (T, B, 4H) LN(Ŵ_hh ĥ_{t-1})   norm_c (T, B, H) LN(c̃_t)
 //   rstd (T, B, 3)    the three LNs' 1 / sqrt(var + eps), in that order
-// With lengths, the CPU driver runs the samples sorted by descending length (stably) and each
-// step on the samples still running only (layer_cpu.cpp, Batching): its workspace rows are in
-// that sorted order (the samples' order when already sorted), 0 at padded positions, and its
-// backward sorts the same way. output, h_n, c_n and every gradient are in the samples' order on
-// every device. The CUDA driver runs every sample at every step and masks the padded positions.
+// With lengths, both drivers run the samples sorted by descending length (stably) and each step
+// on the samples still running only (batching.h): the workspace rows are in that sorted order
+// (the samples' order when already sorted), 0 at padded positions, and backward sorts the same
+// way. output, h_n, c_n and every gradient are in the samples' order on every device.
 #pragma once
 
 #include <ATen/ATen.h>
