@@ -848,6 +848,24 @@ Batching device_batching(const LayerPlan& plan, const c10::optional<Tensor>& len
       .on([&](const Tensor& t) { return gpu::to_device_async(t, device); });
 }
 
+// The inactive rows' kernels, launched from function templates of their own: launched from the
+// time loop's generic lambda with template arguments that do not depend on the lambda's own
+// (only on the dispatch's scalar_t alias), nvcc's host stub spells them `scalar_t` and fails.
+template <typename scalar_t>
+void launch_forward_inactive(const ForwardStep<scalar_t>& step, int64_t rows, int64_t B, int64_t H,
+                             int64_t R, int64_t GH, gpu::Stream stream) {
+  gpu::launch<forward_inactive_kernel<scalar_t>>(
+      num_blocks((B - rows) * std::max<int64_t>(R, kWorkspaceGates * H)), kThreads, 0, stream,
+      step, rows, B, H, R, GH);
+}
+
+template <typename scalar_t, typename acc_t>
+void launch_backward_inactive(const BackwardStep<scalar_t, acc_t>& step, int64_t rows,
+                              int64_t ran, int64_t R, gpu::Stream stream) {
+  gpu::launch<backward_inactive_kernel<scalar_t, acc_t>>(num_blocks((ran - rows) * R), kThreads,
+                                                         0, stream, step, rows, ran, R);
+}
+
 // Row-major (rows, cols) matrix view of a contiguous buffer at an element offset: the GEMMs of
 // the time loop write into slices of preallocated tensors.
 Tensor rows_of(const Tensor& t, int64_t offset, int64_t rows, int64_t cols) {
@@ -1029,9 +1047,7 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
           }
         }
         if (rows < B) {
-          gpu::launch<forward_inactive_kernel<scalar_t>>(
-              num_blocks((B - rows) * std::max<int64_t>(R, W * H)), kThreads, 0, stream, step,
-              rows, B, H, R, GH);
+          launch_forward_inactive(step, rows, B, H, R, GH, stream);
         }
       }
     });
@@ -1144,8 +1160,7 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
           step.dq = dq.data_ptr<scalar_t>() + off * H;
         }
         if (step.dhhat != nullptr && rows < ran) {
-          gpu::launch<backward_inactive_kernel<scalar_t, acc_t>>(
-              num_blocks((ran - rows) * R), kThreads, 0, stream, step, rows, ran, R);
+          launch_backward_inactive(step, rows, ran, R, stream);
         }
         if constexpr (kCanProject<kCell>) {
           if (plan.has_proj) {
