@@ -57,6 +57,15 @@ struct Batching {
     const Tensor flat = t.reshape({T * B, t.size(-1)});
     return packed ? flat.index_select(0, loop_rows) : flat;
   }
+  // (N, X) packed rows -> (T, B, X) in the loop's order, 0 at padded positions (a view when
+  // nothing is packed).
+  Tensor unpack_loop(const Tensor& rows_) const {
+    const int64_t X = rows_.size(-1);
+    if (!packed) return rows_.view({T, B, X});
+    Tensor out = at::zeros({T, B, X}, rows_.options());
+    out.view({T * B, X}).index_copy_(0, loop_rows, rows_);
+    return out;
+  }
 
   // This batching with its index tensors moved by `to_device` (e.g. the CUDA driver's copy to
   // the device, queued on the stream).

@@ -52,37 +52,75 @@ template <>
 struct CellTraits<CellKind::kLstm> {
   static constexpr int kGates = 4;          // i, f, g, o
   static constexpr bool kHasCell = true;    // carries c
+  static constexpr bool kCanProject = true;  // h = W_hr h̃ (proj_size)
   // The recurrent term joins the input term before any nonlinearity: the per-step GEMM
   // accumulates into the input projection.
   static constexpr bool kSeparateRecurrent = false;
   static constexpr bool kLayerNorm = false;
   static constexpr const char* kName = "LSTM";
+  static constexpr const char* kOp = "lstm";  // torch.ops.rnnfused.lstm_forward / _backward
 };
 
 template <>
 struct CellTraits<CellKind::kGru> {
   static constexpr int kGates = 3;          // r, z, n
   static constexpr bool kHasCell = false;
+  static constexpr bool kCanProject = false;
   // n = tanh(gi_n + r ⊙ gh_n) needs the recurrent term on its own: the per-step GEMM writes a
   // separate (B, 3H) buffer.
   static constexpr bool kSeparateRecurrent = true;
   static constexpr bool kLayerNorm = false;
   static constexpr const char* kName = "GRU";
+  static constexpr const char* kOp = "gru";
 };
 
 template <>
 struct CellTraits<CellKind::kLnLstm> {
   static constexpr int kGates = 4;
   static constexpr bool kHasCell = true;
+  static constexpr bool kCanProject = true;
   // Each GEMM term is normalized on its own before the two are summed.
   static constexpr bool kSeparateRecurrent = true;
   // Per-sample reductions over the gates and the cell: the pointwise passes work on whole rows.
   static constexpr bool kLayerNorm = true;
   static constexpr const char* kName = "LN-LSTM";
+  static constexpr const char* kOp = "ln_lstm";
 };
 
-// The LSTM cells carry c and may project h.
-constexpr bool is_lstm(CellKind cell) { return cell != CellKind::kGru; }
+// A cell's traits as values, for the code that takes the cell at run time (the plan's checks, the
+// Python side through rnnfused._C.cell_specs). Every CellKind must have a case: a new cell is
+// never planned as another one.
+struct CellSpec {
+  const char* name;
+  const char* op;
+  int gates;
+  bool has_cell;
+  bool can_project;
+  bool layer_norm;
+};
+
+template <CellKind kCell>
+constexpr CellSpec spec_of() {
+  using Traits = CellTraits<kCell>;
+  return CellSpec{Traits::kName, Traits::kOp, Traits::kGates, Traits::kHasCell,
+                  Traits::kCanProject, Traits::kLayerNorm};
+}
+
+constexpr CellSpec cell_spec(CellKind cell) {
+  switch (cell) {
+    case CellKind::kLstm: return spec_of<CellKind::kLstm>();
+    case CellKind::kGru: return spec_of<CellKind::kGru>();
+    case CellKind::kLnLstm: return spec_of<CellKind::kLnLstm>();
+  }
+  return CellSpec{"?", "?", 0, false, false, false};  // unreachable: -Wswitch names a missing case
+}
+
+constexpr CellKind kAllCells[] = {CellKind::kLstm, CellKind::kGru, CellKind::kLnLstm};
+
+// The ops' `rates`, in MaskKind order (philox.h).
+constexpr std::array<const char*, kNumMaskKinds> kRateNames = {
+    "input_dropout", "recurrent_dropout", "weight_drop", "candidate_dropout", "zoneout_c",
+    "zoneout_h"};
 
 // The LN-LSTM's parameters: the gains of the two gate LNs (4H each) and the gain and bias of the
 // LN on c̃ (H each).

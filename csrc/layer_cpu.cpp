@@ -782,15 +782,8 @@ LayerOutputs layer_forward_cpu(const ForwardArgs& args) {
       for_each_sample(N, GH, [&](int64_t row) {
         r[(at_row ? at_row[row] : row) * 3] = normalize_row(x + row * GH, GH);
       });
-      if (need_workspace) {
-        // The workspace keeps (T, B, 4H) in the loop's order, 0 at padded positions.
-        if (bt.packed) {
-          norm_x = at::zeros({T, B, GH}, opts);
-          norm_x.view({T * B, GH}).index_copy_(0, bt.loop_rows, xp);
-        } else {
-          norm_x = xp.view({T, B, GH});
-        }
-      }
+      // The workspace keeps (T, B, 4H) in the loop's order, 0 at padded positions.
+      if (need_workspace) norm_x = bt.unpack_loop(xp);
     }
     // The LSTMs add both biases to one sum; the GRU keeps b_hh with the recurrent term.
     constexpr bool kSeparateBias = Traits::kSeparateRecurrent && !Traits::kLayerNorm;

@@ -78,7 +78,7 @@ scalar_t* ptr_or_null(const Tensor& t) {
 
 // The projection (W_hr, proj_size > 0) exists for the LSTM only.
 template <CellKind kCell>
-constexpr bool kCanProject = is_lstm(kCell);
+constexpr bool kCanProject = CellTraits<kCell>::kCanProject;
 
 // ---------------------------------------------------------------------------------------------
 // Masks
@@ -968,15 +968,8 @@ LayerOutputs layer_forward_cuda(const ForwardArgs& args) {
       gpu::launch<ln_rows_kernel<scalar_t, acc_t>>(
           row_blocks(N), kThreads, 0, stream, xp.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(),
           bt.packed ? bt.loop_rows.data_ptr<int64_t>() : nullptr, 0, N, GH);
-      if (need_workspace) {
-        // The workspace keeps (T, B, 4H) in the loop's order, 0 at padded positions.
-        if (bt.packed) {
-          norm_x = at::zeros({T, B, GH}, opts);
-          norm_x.view({T * B, GH}).index_copy_(0, bt.loop_rows, xp);
-        } else {
-          norm_x = xp.view({T, B, GH});
-        }
-      }
+      // The workspace keeps (T, B, 4H) in the loop's order, 0 at padded positions.
+      if (need_workspace) norm_x = bt.unpack_loop(xp);
     }
 
     dispatch_switches<Traits::kHasCell>(plan, [&]<bool kCand, bool kZoneC, bool kZoneH>() {

@@ -59,8 +59,9 @@ void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tens
                  const Tensor& weight_hh, const c10::optional<Tensor>& weight_hr,
                  const c10::optional<Tensor>& lengths, const Tensor& seed, int64_t layer,
                  bool reverse, bool training, at::ArrayRef<double> rates) {
+  const CellSpec spec = cell_spec(cell);
   plan.cell = cell;
-  plan.G = is_lstm(cell) ? CellTraits<CellKind::kLstm>::kGates : CellTraits<CellKind::kGru>::kGates;
+  plan.G = spec.gates;
   const int64_t G = plan.G;
   TORCH_CHECK_VALUE(input.dim() == 3, "rnnfused: input must be 3-D (seq_len, batch, input_size), "
                     "got ", input.dim(), "-D of shape ", shape_str(input.sizes()));
@@ -78,8 +79,9 @@ void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tens
   check_shape(weight_ih, "weight_ih", {G * plan.H, plan.I});
   check_like(weight_ih, "weight_ih", input);
   plan.has_proj = weight_hr.has_value() && weight_hr->defined();
-  TORCH_CHECK_VALUE(!plan.has_proj || is_lstm(cell),
-                    "rnnfused: weight_hr (a projection) exists only for the LSTM");
+  TORCH_CHECK_VALUE(!plan.has_proj || spec.can_project,
+                    "rnnfused: weight_hr (a projection) exists only for the LSTM, not the ",
+                    spec.name);
   if (plan.has_proj) {
     TORCH_CHECK_VALUE(weight_hr->dim() == 2 && weight_hr->size(0) > 0,
                       "rnnfused: weight_hr must be 2-D (proj_size, hidden_size), got shape ",
@@ -127,8 +129,8 @@ void plan_common(CellKind cell, LayerPlan& plan, const Tensor& input, const Tens
   plan.training = training;
   check_rates(rates);
   for (int k = 0; k < kNumMaskKinds; ++k) plan.rate[k] = rates[k];
-  TORCH_CHECK_VALUE(is_lstm(cell) || plan.rate[kMaskZoneoutC] == 0.0,
-                    "rnnfused: the GRU has no cell state, so zoneout_c must be 0, got ",
+  TORCH_CHECK_VALUE(spec.has_cell || plan.rate[kMaskZoneoutC] == 0.0,
+                    "rnnfused: the ", spec.name, " has no cell state, so zoneout_c must be 0, got ",
                     plan.rate[kMaskZoneoutC]);
 }
 
@@ -151,8 +153,9 @@ LayerPlan plan_forward(CellKind cell, const ForwardArgs& a) {
               a.layer, a.reverse, a.training, a.rates);
   check_shape(a.h0, "h0", {plan.B, plan.R});
   check_like(a.h0, "h0", a.input);
-  if (is_lstm(cell)) {
-    TORCH_CHECK_VALUE(a.c0.has_value() && a.c0->defined(), "rnnfused: the LSTM needs c0");
+  if (cell_spec(cell).has_cell) {
+    TORCH_CHECK_VALUE(a.c0.has_value() && a.c0->defined(), "rnnfused: the ",
+                      cell_spec(cell).name, " needs c0");
     check_shape(*a.c0, "c0", {plan.B, plan.H});
     check_like(*a.c0, "c0", a.input);
   }
@@ -166,7 +169,7 @@ LayerPlan plan_forward(CellKind cell, const ForwardArgs& a) {
     check_shape(*a.bias_hh, "bias_hh", {plan.G * plan.H});
     check_like(*a.bias_hh, "bias_hh", a.input);
   }
-  if (cell == CellKind::kLnLstm) {
+  if (cell_spec(cell).layer_norm) {
     check_layer_norm(plan, a.ln, a.input);
     check_shape(a.ln->bias_c, "ln_bias_c", {plan.H});
     check_like(a.ln->bias_c, "ln_bias_c", a.input);
@@ -188,15 +191,15 @@ LayerPlan plan_backward(CellKind cell, const BackwardArgs& a) {
   check_like(a.gates, "gates", a.input);
   check_shape(a.hs, "hs (workspace)", {plan.T + 1, plan.B, plan.R});
   check_like(a.hs, "hs", a.input);
-  if (is_lstm(cell)) {
-    TORCH_CHECK_VALUE(a.grad_c_n.has_value() && a.cs.has_value(),
-                      "rnnfused: the LSTM's backward needs grad_c_n and cs");
+  if (cell_spec(cell).has_cell) {
+    TORCH_CHECK_VALUE(a.grad_c_n.has_value() && a.cs.has_value(), "rnnfused: the ",
+                      cell_spec(cell).name, "'s backward needs grad_c_n and cs");
     check_shape(*a.grad_c_n, "grad_c_n", {plan.B, plan.H});
     check_like(*a.grad_c_n, "grad_c_n", a.input);
     check_shape(*a.cs, "cs (workspace)", {plan.T + 1, plan.B, plan.H});
     check_like(*a.cs, "cs", a.input);
   }
-  if (cell == CellKind::kLnLstm) {
+  if (cell_spec(cell).layer_norm) {
     check_layer_norm(plan, a.ln, a.input);
     TORCH_CHECK_VALUE(a.ln_ws != nullptr, "rnnfused: the LN-LSTM's backward needs its workspace");
     const int64_t T = plan.T, B = plan.B, GH = plan.G * plan.H;
@@ -286,7 +289,9 @@ void finish_forward_ln(bool need_workspace, LayerOutputs& out, Tensor norm_x, Te
   out.rstd = kept(std::move(rstd));
 }
 
-Tensor product(cpu_gemm::Product kind, const Tensor& a, const Tensor& b) {
+using cpu_gemm::Product;
+
+Tensor product(Product kind, const Tensor& a, const Tensor& b) {
   return a.is_cpu() ? cpu_gemm::mm(kind, a, b) : at::mm(a, b);
 }
 
@@ -303,16 +308,16 @@ LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks
   Tensor xhat = input.contiguous();
   if (seq.input_scale.defined()) xhat = xhat * seq.input_scale.unsqueeze(0);
   LayerGrads g;
-  g.grad_input = product(cpu_gemm::Product::kGradInput, dx2, weight_ih.contiguous()).view({T, B, I});
+  g.grad_input = product(Product::kGradInput, dx2, weight_ih.contiguous()).view({T, B, I});
   if (seq.input_scale.defined()) g.grad_input.mul_(seq.input_scale.unsqueeze(0));
-  g.grad_weight_ih = product(cpu_gemm::Product::kGradWeight, dx2.t(), xhat.view({T * B, I}));
+  g.grad_weight_ih = product(Product::kGradWeight, dx2.t(), xhat.view({T * B, I}));
   // ĥ_{t-1}: the state each step read, in input order, with its recurrent-dropout mask.
   Tensor hprev = hs.narrow(0, 0, T);
   if (plan.reverse) hprev = hprev.flip(0);
   if (seq.recurrent_scale.defined()) hprev = hprev * seq.recurrent_scale.unsqueeze(0);
-  g.grad_weight_hh = product(cpu_gemm::Product::kGradWeight, dh2.t(), hprev.reshape({T * B, R}));
+  g.grad_weight_hh = product(Product::kGradWeight, dh2.t(), hprev.reshape({T * B, R}));
   if (seq.weight_scale.defined()) g.grad_weight_hh.mul_(seq.weight_scale);
-  if (plan.has_bias && plan.cell == CellKind::kLnLstm) {
+  if (plan.has_bias && cell_spec(plan.cell).layer_norm) {
     // The LN-LSTM's bias enters after the LNs: its driver sums dL/da itself.
     g.grad_bias_ih = g.grad_bias_hh = Tensor();
   } else if (plan.has_bias) {
@@ -322,7 +327,7 @@ LayerGrads input_and_weight_gradients(const LayerPlan& plan, const SequenceMasks
     g.grad_bias_ih = at::empty({0}, opts);
     g.grad_bias_hh = at::empty({0}, opts);
   }
-  g.grad_weight_hr = plan.has_proj ? product(cpu_gemm::Product::kGradWeight, dproj.view({T * B, R}).t(),
+  g.grad_weight_hr = plan.has_proj ? product(Product::kGradWeight, dproj.view({T * B, R}).t(),
                                              htil.view({T * B, H}))
                                    : at::empty({0}, opts);
   g.grad_h0 = std::move(grad_h0);

@@ -41,6 +41,27 @@ std::vector<py::dict> cpu_gemm_choices() {
   return out;
 }
 
+// Every cell's spec (layer.h), keyed by its op name: what the Python side (the fake
+// implementations, the autograd formulas) would otherwise repeat by hand.
+py::dict cell_specs() {
+  py::dict out;
+  for (const rnnfused::CellKind kind : rnnfused::kAllCells) {
+    const rnnfused::CellSpec spec = rnnfused::cell_spec(kind);
+    py::dict d;
+    d["name"] = spec.name;
+    d["gates"] = spec.gates;
+    d["has_cell"] = spec.has_cell;
+    d["can_project"] = spec.can_project;
+    d["layer_norm"] = spec.layer_norm;
+    out[py::str(spec.op)] = d;
+  }
+  return out;
+}
+
+std::vector<std::string> rate_names() {
+  return {rnnfused::kRateNames.begin(), rnnfused::kRateNames.end()};
+}
+
 bool has_cuda_kernels() {
 #ifdef RNNFUSED_WITH_CUDA
   return true;
@@ -57,6 +78,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Masks of one layer call (gates = 4 for the LSTM, 3 for the GRU) as {0,1} tensors: "
         "input, recurrent, weight, candidate, zoneout_c, zoneout_h");
   m.def("has_cuda_kernels", &has_cuda_kernels, "Whether this build contains the CUDA kernels");
+  m.def("cell_specs", &cell_specs, "Each cell's gates, cell state, projection and LN, by op name");
+  m.def("rate_names", &rate_names, "The names of the ops' rates, in their order");
+  m.attr("workspace_gates") = rnnfused::kWorkspaceGates;
   // The CPU GEMM backends (csrc/cpu_gemm.h); rnnfused/cpu_gemm.py is their Python face.
   m.def("cpu_gemm_available", &rnnfused::cpu_gemm::available,
         "The CPU GEMM backends this process can run: of onednn, mkl, small");

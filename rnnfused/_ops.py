@@ -28,10 +28,12 @@ gru_backward = torch.ops.rnnfused.gru_backward
 ln_lstm_forward = torch.ops.rnnfused.ln_lstm_forward
 ln_lstm_backward = torch.ops.rnnfused.ln_lstm_backward
 
-# Index of zoneout_c in the rates list: the only rate that changes the workspace's shape.
-_ZONEOUT_C = 4
-# Width of the gates workspace per sample, for both cells (csrc/layer.h kWorkspaceGates).
-_WORKSPACE_GATES = 4
+# What the C++ says of the cells (csrc/layer.h), not repeated here: each cell's gate count, the
+# index of zoneout_c in the rates (the only rate that changes the workspace's shape) and the width
+# of the gates workspace per sample.
+_SPECS = _C.cell_specs()
+_ZONEOUT_C = _C.rate_names().index("zoneout_c")
+_WORKSPACE_GATES = _C.workspace_gates
 
 
 def _sizes(input, weight_ih, gates, weight_hr=None):
@@ -64,7 +66,7 @@ def _lstm_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, we
                        seed, layer, reverse, training, rates, need_workspace):
     _check_devices(input, h0=h0, c0=c0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
                    bias_hh=bias_hh, weight_hr=weight_hr)
-    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
+    T, B, H, R = _sizes(input, weight_ih, _SPECS["lstm"]["gates"], weight_hr)
     gates, hs, cs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=True)
     with_ctil = need_workspace and rates[_ZONEOUT_C] > 0
     ctil = input.new_empty((T, B, H) if with_ctil else (0,))
@@ -77,7 +79,7 @@ def _gru_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths
                       reverse, training, rates, need_workspace):
     _check_devices(input, h0=h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
                    bias_hh=bias_hh)
-    T, B, H, R = _sizes(input, weight_ih, 3)
+    T, B, H, R = _sizes(input, weight_ih, _SPECS["gru"]["gates"])
     gates, hs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=False)
     return input.new_empty((T, B, R)), input.new_empty((B, R)), gates, hs
 
@@ -89,9 +91,10 @@ def _ln_lstm_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
     _check_devices(input, h0=h0, c0=c0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
                    bias_hh=bias_hh, weight_hr=weight_hr, ln_weight_ih=ln_weight_ih,
                    ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c, ln_bias_c=ln_bias_c)
-    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
+    G = _SPECS["ln_lstm"]["gates"]
+    T, B, H, R = _sizes(input, weight_ih, G, weight_hr)
     gates, hs, cs = _workspace_fake(input, need_workspace, T, B, H, R, with_cell=True)
-    shapes = [(T, B, 4 * H), (T, B, 4 * H), (T, B, H), (T, B, 3)]
+    shapes = [(T, B, G * H), (T, B, G * H), (T, B, H), (T, B, 3)]
     norms = [input.new_empty(shape if need_workspace else (0,)) for shape in shapes]
     return (input.new_empty((T, B, R)), input.new_empty((B, R)), input.new_empty((B, H)), gates, hs,
             cs, *norms)
@@ -170,7 +173,7 @@ def _lstm_setup_context(ctx, inputs, output):
 def _lstm_backward_formula(ctx, grad_output, grad_h_n, grad_c_n, *_workspace_grads):
     _check_workspace(ctx)
     input, weight_ih, weight_hh, weight_hr, lengths, seed, gates, hs, cs, ctil = ctx.saved_tensors
-    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
+    T, B, H, R = _sizes(input, weight_ih, _SPECS["lstm"]["gates"], weight_hr)
     (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias,
      grad_weight_hr) = lstm_backward(
         _or_zeros(grad_output, input, (T, B, R)), _or_zeros(grad_h_n, input, (B, R)),
@@ -198,7 +201,7 @@ def _ln_lstm_backward_formula(ctx, grad_output, grad_h_n, grad_c_n, *_workspace_
     _check_workspace(ctx)
     (input, weight_ih, weight_hh, weight_hr, ln_weight_ih, ln_weight_hh, ln_weight_c, ln_bias_c,
      lengths, seed, gates, hs, cs, norm_x, norm_h, norm_c, rstd) = ctx.saved_tensors
-    T, B, H, R = _sizes(input, weight_ih, 4, weight_hr)
+    T, B, H, R = _sizes(input, weight_ih, _SPECS["ln_lstm"]["gates"], weight_hr)
     (grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr,
      *grad_ln) = ln_lstm_backward(
         _or_zeros(grad_output, input, (T, B, R)), _or_zeros(grad_h_n, input, (B, R)),
@@ -223,7 +226,7 @@ def _gru_setup_context(ctx, inputs, output):
 def _gru_backward_formula(ctx, grad_output, grad_h_n, *_workspace_grads):
     _check_workspace(ctx)
     input, weight_ih, weight_hh, lengths, seed, gates, hs = ctx.saved_tensors
-    T, B, H, R = _sizes(input, weight_ih, 3)
+    T, B, H, R = _sizes(input, weight_ih, _SPECS["gru"]["gates"])
     (grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih,
      grad_bias_hh) = gru_backward(
         _or_zeros(grad_output, input, (T, B, R)), _or_zeros(grad_h_n, input, (B, R)), input,

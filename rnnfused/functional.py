@@ -15,12 +15,11 @@ from . import _ops
 __all__ = ["lstm_layer", "lstm_masks", "gru_layer", "gru_masks", "draw_seed", "RATE_NAMES",
            "GRU_RATE_NAMES"]
 
-# The order of the rates in the ops' `rates` argument (and of the mask kinds in csrc/philox.h).
-RATE_NAMES = ("input_dropout", "recurrent_dropout", "weight_drop", "candidate_dropout",
-              "zoneout_c", "zoneout_h")
+# The order of the rates in the ops' `rates` argument: the mask kinds of csrc/philox.h, named by
+# the C++ (csrc/layer.h kRateNames).
+RATE_NAMES = tuple(_ops._C.rate_names())
 # The GRU's: the same without zoneout_c (it has no cell state); its op gets zoneout_c = 0.
-GRU_RATE_NAMES = ("input_dropout", "recurrent_dropout", "weight_drop", "candidate_dropout",
-                  "zoneout_h")
+GRU_RATE_NAMES = tuple(n for n in RATE_NAMES if n != "zoneout_c")
 _ZONEOUT_C = RATE_NAMES.index("zoneout_c")
 _SEED_HIGH = 2**63 - 1
 
