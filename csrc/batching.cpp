@@ -55,6 +55,17 @@ Batching make_batching(const LayerPlan& plan, const Tensor& lengths) {
   return bt;
 }
 
+Tensor initial_state_gradient(const LayerPlan& plan, const Batching& bt, Tensor zpart,
+                              const Tensor& dhhat, const Tensor& mh) {
+  if (plan.T > 0) {
+    const int64_t first = bt.active[plan.time_of(0)];
+    Tensor d = dhhat.narrow(0, 0, first);
+    if (mh.defined()) d = d * mh.narrow(0, 0, first);
+    zpart.narrow(0, 0, first).add_(d);
+  }
+  return zpart;
+}
+
 LayerGrads packed_input_and_weight_gradients(const LayerPlan& plan, const Batching& bt,
                                              const SequenceMasks& seq, const Tensor& input,
                                              const Tensor& weight_ih, const Tensor& da_ih,

@@ -87,6 +87,12 @@ Tensor product(cpu_gemm::Product kind, const Tensor& a, const Tensor& b);
 // The batching of a call from its lengths (a CPU int64 tensor, or undefined without lengths).
 Batching make_batching(const LayerPlan& plan, const Tensor& lengths);
 
+// dL/dh0 in the loop's order after the backward loop: the share carried outside the GEMMs
+// (zpart, added to in place) plus dĥ ⊙ mh from the first step's GEMM for the rows that ran at
+// it (the others took theirs in the inactive-row passes).
+Tensor initial_state_gradient(const LayerPlan& plan, const Batching& bt, Tensor zpart,
+                              const Tensor& dhhat, const Tensor& mh);
+
 // input_and_weight_gradients (layer_plan.cpp) on packed rows: da_ih, da_hh (N, G*H), dproj
 // (N, P), htil (N, H) hold the running rows only, and hs (T + 1, B, R) is in the loop's order.
 // The input gradient comes back in the samples' order, 0 at padded positions.

@@ -988,15 +988,7 @@ LayerGrads layer_backward_cpu(const BackwardArgs& args) {
     });
   });
 
-  // dL/dh0 = the carried share + dĥ ⊙ mh from the first step (the rows that ran at it; the
-  // others took theirs in backward_inactive).
-  Tensor grad_h0 = zpart;
-  if (T > 0) {
-    const int64_t first = bt.active[plan.time_of(0)];
-    Tensor d = dhhat.narrow(0, 0, first);
-    if (mh.defined()) d = d * mh.narrow(0, 0, first);
-    grad_h0.narrow(0, 0, first).add_(d);
-  }
+  const Tensor grad_h0 = initial_state_gradient(plan, bt, zpart, dhhat, mh);
   LayerGrads grads = packed_input_and_weight_gradients(
       plan, bt, seq, input, args.weight_ih, dgi, da, hs, dproj, htil, bt.to_samples(grad_h0),
       dc.defined() ? bt.to_samples(dc) : dc);

@@ -1197,16 +1197,8 @@ LayerGrads layer_backward_cuda(const BackwardArgs& args) {
     }
   });
 
-  // dL/dh0 = the share carried outside the GEMM + dĥ ⊙ mh from the first step (the rows that ran
-  // at it; the others took theirs in backward_inactive_kernel).
-  Tensor grad_h0 = zpart;
-  if (T > 0) {
-    const int64_t first = bt.active[plan.time_of(0)];
-    Tensor d = dhhat.narrow(0, 0, first);
-    if (mh.defined()) d = d * mh.narrow(0, 0, first);
-    grad_h0.narrow(0, 0, first).add_(d);
-  }
-  grad_h0 = bt.to_samples(grad_h0.to(input.scalar_type()));
+  Tensor grad_h0 =
+      bt.to_samples(initial_state_gradient(plan, bt, zpart, dhhat, mh).to(input.scalar_type()));
   Tensor grad_c0 = Traits::kHasCell ? bt.to_samples(dc.to(input.scalar_type())) : Tensor();
 
   LayerGrads grads = packed_input_and_weight_gradients(plan, bt, seq, input, args.weight_ih, dgi,
