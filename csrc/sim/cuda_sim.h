@@ -142,41 +142,33 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = warpSize) {
 // ---------------------------------------------------------------------------------------------
 // Atomics: one thread runs at a time, so a read-modify-write is atomic as written.
 // ---------------------------------------------------------------------------------------------
-template <typename T>
-T atomicAdd(T* address, T v) {
+namespace rnnfused::sim {
+// *address = update(*address); returns the old value.
+template <typename T, typename F>
+T atomic_update(T* address, F update) {
   const T old = *address;
-  *address = old + v;
+  *address = update(old);
   return old;
 }
+}  // namespace rnnfused::sim
+
 template <typename T>
-T atomicSub(T* address, T v) {
-  const T old = *address;
-  *address = old - v;
-  return old;
+T atomicAdd(T* a, T v) { return ::rnnfused::sim::atomic_update(a, [&](T o) { return o + v; }); }
+template <typename T>
+T atomicSub(T* a, T v) { return ::rnnfused::sim::atomic_update(a, [&](T o) { return o - v; }); }
+template <typename T>
+T atomicMax(T* a, T v) {
+  return ::rnnfused::sim::atomic_update(a, [&](T o) { return o < v ? v : o; });
 }
 template <typename T>
-T atomicMax(T* address, T v) {
-  const T old = *address;
-  *address = old < v ? v : old;
-  return old;
+T atomicMin(T* a, T v) {
+  return ::rnnfused::sim::atomic_update(a, [&](T o) { return v < o ? v : o; });
 }
 template <typename T>
-T atomicMin(T* address, T v) {
-  const T old = *address;
-  *address = v < old ? v : old;
-  return old;
-}
+T atomicExch(T* a, T v) { return ::rnnfused::sim::atomic_update(a, [&](T) { return v; }); }
 template <typename T>
-T atomicExch(T* address, T v) {
-  const T old = *address;
-  *address = v;
-  return old;
-}
-template <typename T>
-T atomicCAS(T* address, T compare, T v) {
-  const T old = *address;
-  if (old == compare) *address = v;
-  return old;
+T atomicCAS(T* a, T compare, T v) {
+  return ::rnnfused::sim::atomic_update(a, [&](T o) { return o == compare ? v : o; });
 }
 
 // ---------------------------------------------------------------------------------------------
